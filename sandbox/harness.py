@@ -1,0 +1,227 @@
+"""azr task-check harness: runs inside the WASI interpreter (and, for the benchmark's reference,
+under a native python3). The host writes one JSON request to stdin; the harness answers with
+one JSON event per line on stdout, each line prefixed by the request's nonce so that anything
+the checked program manages to print is never mistaken for an answer. Events are flushed as
+they happen, so when the host stops a run (timeout, memory) it knows which call was running.
+
+Requests:
+  {"op": "call", "nonce", "program", "entry", "inputs": [text], "expected": [text] | null,
+   "banned": [module], "perturb": int, "max_repr": int}
+      -> {"event": "program", "status": "ok", "arity": n}
+         | {"event": "program", "status": "syntax" | "banned" | "definition" | "missing", ...}
+      -> then per input: {"event": "call", "index": i, "status": "value", "repr", "roundtrips",
+                          "printed", "matches"} | {"status": "raised", "error"}
+                          | {"status": "bad_input", "error"} | {"status": "repr_too_long"}
+  {"op": "compare", "nonce", "pairs": [[a, b]]}
+      -> per pair: {"event": "compare", "index": i, "equal": bool}
+"""
+
+import ast
+import json
+import sys
+
+# Callables allowed inside an input expression besides plain literals: enough for sets,
+# frozensets and special floats, nothing that reaches outside the value.
+SAFE_CALLS = {
+    "set": set, "frozenset": frozenset, "tuple": tuple, "list": list, "dict": dict,
+    "float": float, "int": int, "str": str, "bool": bool, "complex": complex, "bytes": bytes,
+}
+LITERAL_NODES = (
+    ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp,
+    ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Load, ast.keyword,
+)
+
+
+def emit(nonce, event):
+    out = sys.__stdout__
+    out.write(nonce + " " + json.dumps(event) + "\n")
+    out.flush()
+
+
+def banned_imports(tree, banned):
+    """Top-level names of banned modules the program imports, by walking its AST."""
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            dynamic = (isinstance(func, ast.Name) and func.id == "__import__") or (
+                isinstance(func, ast.Attribute) and func.attr == "import_module")
+            if dynamic and node.args and isinstance(node.args[0], ast.Constant):
+                names = [str(node.args[0].value)]
+        for name in names:
+            top = name.split(".")[0]
+            if top in banned:
+                found.add(top)
+    return sorted(found)
+
+
+def is_safe_expr(node):
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            if not (isinstance(sub.func, ast.Name) and sub.func.id in SAFE_CALLS):
+                return False
+        elif isinstance(sub, ast.Name):
+            if sub.id not in SAFE_CALLS:
+                return False
+        elif not isinstance(sub, LITERAL_NODES):
+            return False
+    return True
+
+
+def eval_safe(node):
+    expr = ast.Expression(body=node)
+    ast.fix_missing_locations(expr)
+    return eval(compile(expr, "<input>", "eval"), {"__builtins__": {}}, dict(SAFE_CALLS))
+
+
+def parse_arguments(text):
+    """`text` is what goes between the parentheses of f(...): literals, comma separated."""
+    call = ast.parse("f(" + text + "\n)", mode="eval").body
+    if not isinstance(call, ast.Call) or any(isinstance(a, ast.Starred) for a in call.args):
+        raise ValueError("input must be arguments for f(...)")
+    parts = list(call.args) + [kw.value for kw in call.keywords]
+    if any(kw.arg is None for kw in call.keywords) or not all(is_safe_expr(p) for p in parts):
+        raise ValueError("input must be Python literals (numbers, strings, lists, dicts, sets, ...)")
+    args = [eval_safe(a) for a in call.args]
+    kwargs = {kw.arg: eval_safe(kw.value) for kw in call.keywords}
+    return args, kwargs
+
+
+def evaluate(text):
+    """Value of an expression as Python would read it; None when it cannot be evaluated."""
+    try:
+        return True, ast.literal_eval(text.strip())
+    except Exception:
+        pass
+    try:
+        return True, eval(text.strip(), {"__builtins__": {}, "inf": float("inf"), "nan": float("nan")}, dict(SAFE_CALLS))
+    except BaseException:
+        return False, None
+
+
+def equal_values(value, text):
+    """Does the value equal the expression `text`? Python's ==, else exact repr text."""
+    ok, other = evaluate(text)
+    if ok:
+        try:
+            if bool(value == other):
+                return True
+        except BaseException:
+            pass
+    try:
+        return repr(value) == text.strip()
+    except BaseException:
+        return False
+
+
+class CappedSink:
+    """Stands in for sys.stdout while f runs: counts what it prints, keeps nothing."""
+
+    def __init__(self):
+        self.written = 0
+
+    def write(self, s):
+        self.written += len(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+def arity(fn):
+    code = getattr(fn, "__code__", None)
+    return code.co_argcount + code.co_kwonlyargcount if code else -1
+
+
+def run_calls(req, nonce):
+    program, entry = req["program"], req.get("entry", "f")
+    try:
+        tree = ast.parse(program)
+    except SyntaxError as e:
+        emit(nonce, {"event": "program", "status": "syntax", "error": "line %s: %s" % (e.lineno, e.msg)})
+        return
+    banned = banned_imports(tree, set(req.get("banned", [])))
+    if banned:
+        emit(nonce, {"event": "program", "status": "banned", "modules": banned})
+        return
+    namespace = {"__name__": "__azr_task__"}
+    sink = CappedSink()
+    try:
+        sys.stdout = sink
+        exec(compile(tree, "<program>", "exec"), namespace)
+    except BaseException as e:
+        sys.stdout = sys.__stdout__
+        emit(nonce, {"event": "program", "status": "definition", "error": describe(e)})
+        return
+    finally:
+        sys.stdout = sys.__stdout__
+    fn = namespace.get(entry)
+    if not callable(fn):
+        emit(nonce, {"event": "program", "status": "missing", "error": "no function `%s` defined" % entry})
+        return
+    emit(nonce, {"event": "program", "status": "ok", "arity": arity(fn)})
+
+    # Shift the heap by a request-dependent amount, so that values depending on object
+    # addresses (id(), default reprs) differ between the two runs of a determinism check.
+    ballast = [[] for _ in range(int(req.get("perturb", 0)))]
+    max_repr = int(req.get("max_repr", 20000))
+    expected = req.get("expected")
+    for index, text in enumerate(req["inputs"]):
+        event = {"event": "call", "index": index}
+        try:
+            args, kwargs = parse_arguments(text)
+        except BaseException as e:
+            event.update(status="bad_input", error=describe(e))
+            emit(nonce, event)
+            continue
+        sink = CappedSink()
+        try:
+            sys.stdout = sink
+            value = fn(*args, **kwargs)
+            sys.stdout = sys.__stdout__
+            shown = repr(value)
+        except BaseException as e:
+            sys.stdout = sys.__stdout__
+            event.update(status="raised", error=describe(e))
+            emit(nonce, event)
+            continue
+        if len(shown) > max_repr:
+            event.update(status="repr_too_long", length=len(shown))
+        else:
+            event.update(status="value", repr=shown, printed=sink.written > 0,
+                         roundtrips=equal_values(value, shown) and evaluate(shown)[0])
+            if expected is not None:
+                event["matches"] = equal_values(value, expected[index])
+        emit(nonce, event)
+    del ballast
+
+
+def describe(e):
+    message = str(e)
+    return type(e).__name__ + (": " + message if message else "")
+
+
+def run_compare(req, nonce):
+    for index, (a, b) in enumerate(req["pairs"]):
+        ok_a, va = evaluate(a)
+        equal = equal_values(va, b) if ok_a else a.strip() == b.strip()
+        emit(nonce, {"event": "compare", "index": index, "equal": bool(equal)})
+
+
+def main():
+    req = json.loads(sys.stdin.read())
+    op = req.get("op")
+    if op == "call":
+        run_calls(req, req["nonce"])
+    elif op == "compare":
+        run_compare(req, req["nonce"])
+    else:
+        raise SystemExit("unknown op %r" % (op,))
+
+
+main()

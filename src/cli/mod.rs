@@ -1,0 +1,115 @@
+//! Command-line interface: one clap struct per subcommand, each with `--help` text.
+
+mod sandbox;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use azr::config::Config;
+
+/// azr: Absolute Zero self-play reasoning trainer.
+///
+/// A model proposes Python tasks and solves them; every task and answer is checked by running
+/// the code in a WASI sandbox. Big assets are cached under $AZR_HOME (default ~/.cache/azr).
+#[derive(Debug, Parser)]
+#[command(name = "azr", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML config file (see configs/default.toml); built-in defaults when omitted.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch and verify everything azr needs (the sandbox's Python) into $AZR_HOME.
+    Setup(SetupArgs),
+    /// Run Python in the sandbox.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Measure performance.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Re-hash every installed file against its pinned sha256.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Task checks per second and latency, sandbox vs a native python3 subprocess per check.
+    Sandbox(azr::bench::sandbox::Options),
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_ref())?;
+    match cli.command {
+        Command::Setup(args) => setup(&args),
+        Command::Sandbox(cmd) => sandbox::run(cmd, &config),
+        Command::Bench(BenchCommand::Sandbox(opts)) => {
+            let report = azr::bench::sandbox::run(&opts, &config.sandbox)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn setup(args: &SetupArgs) -> anyhow::Result<ExitCode> {
+    let home = azr::assets::home();
+    println!("AZR_HOME = {}", home.display());
+    let python = azr::assets::python::ensure(&home).context("provisioning the sandbox's Python")?;
+    if args.verify {
+        python.verify().context("verifying the sandbox's Python")?;
+        println!("python: every file matches its pinned sha256");
+    }
+    // Building the sandbox compiles and caches the interpreter, and proves it starts.
+    let sandbox = azr::sandbox::Sandbox::with_home(&home, &Default::default())?;
+    let run = sandbox.run_program_blocking(
+        "import sys; print(sys.version.split()[0])",
+        Default::default(),
+    );
+    anyhow::ensure!(
+        run.outcome.is_success(),
+        "the sandbox's Python did not start: {:?}\n{}",
+        run.outcome,
+        run.stderr
+    );
+    println!(
+        "python {} ready in the sandbox ({})",
+        run.stdout.trim(),
+        python.snapshot().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

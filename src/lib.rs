@@ -1,0 +1,10 @@
+//! azr: Absolute Zero self-play reasoning, in Rust. One model proposes Python tasks and solves
+//! them; every task and answer is checked by running the code in a WASI sandbox.
+//!
+//! Modules, in the order dependencies flow: `assets` (provisioning under `$AZR_HOME`),
+//! `sandbox` (running untrusted Python), `config` (TOML run configuration), `bench`.
+
+pub mod assets;
+pub mod bench;
+pub mod config;
+pub mod sandbox;
