@@ -35,7 +35,7 @@ const PROGRAMS: &[(&str, &[&str])] = &[
     ),
     (
         "def f(xs):\n    out = []\n    for i, x in enumerate(xs):\n        if x % 2 == i % 2:\n            out.append(x * i)\n    return out",
-        &["[1, 2, 3, 4, 5]", "[0, 0, 7, 9]", "list(range(20))", "[]"],
+        &["[1, 2, 3, 4, 5]", "[0, 0, 7, 9]", "[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]", "[]"],
     ),
     (
         "def f(d, k):\n    counts = {}\n    for w in d.split():\n        counts[w[:k]] = counts.get(w[:k], 0) + 1\n    return sorted(counts.items())",
@@ -124,6 +124,7 @@ pub fn run(opts: &Options, config: &SandboxConfig) -> anyhow::Result<Report> {
     // Warm-up: page in the compiled interpreter.
     runtime.block_on(measure_sandbox(&sandbox, "warm-up", workload(8, 1)))?;
     let rows = vec![
+        runtime.block_on(measure_floor(&sandbox, opts.checks))?,
         runtime.block_on(measure_sandbox(
             &sandbox,
             "sandbox, 1 input per instance",
@@ -171,6 +172,30 @@ async fn measure_sandbox(
         checks += n;
     }
     Ok(finish(name, checks, started.elapsed(), latencies_ms))
+}
+
+/// The floor: an empty program per instance, no harness.
+async fn measure_floor(sandbox: &Sandbox, runs: usize) -> anyhow::Result<Measurement> {
+    let started = Instant::now();
+    let limits = sandbox.config().limits;
+    let tasks: Vec<_> = (0..runs)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move { sandbox.run_program("pass", limits).await })
+        })
+        .collect();
+    let mut latencies_ms = Vec::with_capacity(runs);
+    for task in tasks {
+        let run = task.await?;
+        anyhow::ensure!(run.outcome.is_success(), "empty program failed: {run:?}");
+        latencies_ms.push(run.elapsed.as_secs_f64() * 1e3);
+    }
+    Ok(finish(
+        "sandbox, empty program per instance (floor)",
+        runs,
+        started.elapsed(),
+        latencies_ms,
+    ))
 }
 
 fn finish(name: &str, checks: usize, wall: Duration, mut latencies_ms: Vec<f64>) -> Measurement {

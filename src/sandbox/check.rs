@@ -2,7 +2,7 @@
 //! inputs against ONE program; when a call is stopped (timeout, memory, flood), that call gets
 //! the outcome and the remaining inputs continue in a fresh instance.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -142,6 +142,7 @@ pub struct CheckReport {
     pub program: ProgramStatus,
     /// One per input when the program is Ok, else empty.
     pub calls: Vec<CallResult>,
+    /// Time spent in interpreter runs (not waiting for a guest thread).
     #[serde(skip)]
     pub elapsed: Duration,
 }
@@ -292,7 +293,7 @@ impl Sandbox {
     }
 
     async fn check_run(&self, req: &CheckRequest, (seed, perturb): (u64, u32)) -> CheckReport {
-        let started = Instant::now();
+        let mut elapsed = Duration::ZERO;
         let mut program = None;
         let mut calls: Vec<CallResult> = Vec::with_capacity(req.inputs.len());
         loop {
@@ -309,6 +310,7 @@ impl Sandbox {
                 "perturb": perturb,
             });
             let run = self.execute(self.harness_invocation(&request, seed)).await;
+            elapsed += run.elapsed;
             for event in events(&run.stdout, &nonce) {
                 match event {
                     Event::Program {
@@ -354,7 +356,7 @@ impl Sandbox {
             return CheckReport {
                 program: status,
                 calls,
-                elapsed: started.elapsed(),
+                elapsed,
             };
         }
     }

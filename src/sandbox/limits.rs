@@ -28,6 +28,9 @@ impl Default for Limits {
     }
 }
 
+/// The most memory any execution may be given (wasm32's whole address space).
+pub(crate) const MAX_MEMORY_MB: usize = 4096;
+
 impl Limits {
     /// Rejects limits no program could run under, naming the key.
     pub fn validate(&self) -> Result<(), String> {
@@ -40,9 +43,9 @@ impl Limits {
                 self.memory_mb
             ));
         }
-        if self.memory_mb > 4096 {
+        if self.memory_mb as usize > MAX_MEMORY_MB {
             return Err(format!(
-                "sandbox.limits.memory_mb = {} exceeds wasm32's 4096 MiB address space",
+                "sandbox.limits.memory_mb = {} exceeds wasm32's {MAX_MEMORY_MB} MiB address space",
                 self.memory_mb
             ));
         }

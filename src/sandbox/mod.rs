@@ -76,11 +76,17 @@ impl Sandbox {
     pub fn with_home(home: &Path, config: &SandboxConfig) -> Result<Self, SandboxError> {
         config.limits.validate().map_err(SandboxError::Limits)?;
         let python = assets::python::ensure(home)?;
-        let runtime = Arc::new(runtime::Runtime::new(&python)?);
         let threads = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        // Instances live only on pool threads, one per thread at a time; slots are freed a
+        // little after a store drops, so leave headroom.
+        let runtime = Arc::new(runtime::Runtime::new(
+            &python,
+            2 * threads as u32 + 2,
+            limits::MAX_MEMORY_MB << 20,
+        )?);
         let pool = pool::Pool::new(threads).map_err(SandboxError::Threads)?;
         Ok(Self {
             inner: Arc::new(Inner {
