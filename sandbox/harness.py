@@ -7,7 +7,7 @@ they happen, so when the host stops a run (timeout, memory) it knows which call 
 Requests:
   {"op": "call", "nonce", "program", "entry", "inputs": [text], "expected": [text] | null,
    "banned": [module], "perturb": int, "max_repr": int}
-      -> {"event": "program", "status": "ok", "arity": n}
+      -> {"event": "program", "status": "ok", "arity": n, "normalized": ast.unparse(program)}
          | {"event": "program", "status": "syntax" | "banned" | "definition" | "missing", ...}
       -> then per input: {"event": "call", "index": i, "status": "value", "repr", "roundtrips",
                           "printed", "matches"} | {"status": "raised", "error"}
@@ -120,6 +120,15 @@ def equal_values(value, text):
         return False
 
 
+def round_trips(value, shown):
+    """eval(repr(value)) == value, strictly: NaN and default object reprs do not."""
+    ok, back = evaluate(shown)
+    try:
+        return ok and bool(back == value)
+    except BaseException:
+        return False
+
+
 class CappedSink:
     """Stands in for sys.stdout while f runs: counts what it prints, keeps nothing."""
 
@@ -165,7 +174,7 @@ def run_calls(req, nonce):
     if not callable(fn):
         emit(nonce, {"event": "program", "status": "missing", "error": "no function `%s` defined" % entry})
         return
-    emit(nonce, {"event": "program", "status": "ok", "arity": arity(fn)})
+    emit(nonce, {"event": "program", "status": "ok", "arity": arity(fn), "normalized": ast.unparse(tree)})
 
     # Shift the heap by a request-dependent amount, so that values depending on object
     # addresses (id(), default reprs) differ between the two runs of a determinism check.
@@ -196,7 +205,7 @@ def run_calls(req, nonce):
             event.update(status="repr_too_long", length=len(shown))
         else:
             event.update(status="value", repr=shown, printed=sink.written > 0,
-                         roundtrips=equal_values(value, shown) and evaluate(shown)[0])
+                         roundtrips=round_trips(value, shown))
             if expected is not None:
                 event["matches"] = equal_values(value, expected[index])
         emit(nonce, event)

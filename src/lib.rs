@@ -2,9 +2,12 @@
 //! them; every task and answer is checked by running the code in a WASI sandbox.
 //!
 //! Modules, in the order dependencies flow: `assets` (provisioning under `$AZR_HOME`),
-//! `sandbox` (running untrusted Python), `config` (TOML run configuration), `bench`.
+//! `sandbox` (running untrusted Python), `tasks` (prompts, parsing, validation, rewards),
+//! `buffer` (the SQLite curriculum), `config` (TOML run configuration), `bench`.
 
 pub mod assets;
 pub mod bench;
+pub mod buffer;
 pub mod config;
 pub mod sandbox;
+pub mod tasks;

@@ -48,7 +48,16 @@ async fn computes_reprs_of_results() {
         &["'ab'", "'x', n=3", "[1], 2"],
     )
     .await;
-    assert_eq!(report.program, ProgramStatus::Ok { arity: 2 });
+    match &report.program {
+        ProgramStatus::Ok { arity, normalized } => {
+            assert_eq!(*arity, 2);
+            assert_eq!(
+                normalized,
+                "def f(s, n=2):\n    return {'s': s * n, 'len': len(s)}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(value(&report.calls[0]), "{'s': 'abab', 'len': 2}");
     assert_eq!(value(&report.calls[1]), "{'s': 'xxx', 'len': 1}");
     assert_eq!(value(&report.calls[2]), "{'s': [1, 1], 'len': 1}");

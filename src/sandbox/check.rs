@@ -42,9 +42,11 @@ impl CheckRequest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ProgramStatus {
-    /// Parsed, defined, and has the entry function with this many parameters.
+    /// Parsed, defined, and has the entry function with this many parameters. `normalized` is
+    /// the program as `ast.unparse` prints it: no comments, canonical layout (for duplicates).
     Ok {
         arity: i32,
+        normalized: String,
     },
     Syntax {
         error: String,
@@ -155,6 +157,8 @@ enum Event {
         #[serde(default)]
         arity: i32,
         #[serde(default)]
+        normalized: String,
+        #[serde(default)]
         error: String,
         #[serde(default)]
         modules: Vec<String>,
@@ -192,11 +196,12 @@ fn events(stdout: &str, nonce: &str) -> Vec<Event> {
 fn program_status(
     status: String,
     arity: i32,
+    normalized: String,
     error: String,
     modules: Vec<String>,
 ) -> ProgramStatus {
     match status.as_str() {
-        "ok" => ProgramStatus::Ok { arity },
+        "ok" => ProgramStatus::Ok { arity, normalized },
         "syntax" => ProgramStatus::Syntax { error },
         "banned" => ProgramStatus::BannedImport { modules },
         "missing" => ProgramStatus::Missing { error },
@@ -316,11 +321,13 @@ impl Sandbox {
                     Event::Program {
                         status,
                         arity,
+                        normalized,
                         error,
                         modules,
                     } => {
-                        program
-                            .get_or_insert_with(|| program_status(status, arity, error, modules));
+                        program.get_or_insert_with(|| {
+                            program_status(status, arity, normalized, error, modules)
+                        });
                     }
                     other => {
                         if let Some((index, result)) = call_result(other) {

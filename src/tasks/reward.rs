@@ -1,0 +1,256 @@
+//! Rewards. The solver earns 1 for a correct answer, checked by running code: deduction when
+//! its output equals the gold output as a Python value, abduction when `f(answer) == gold`
+//! (any input that works counts), induction when its program reproduces every hidden output.
+//! The proposer earns learnability: `1 - rate` when the solver's Monte-Carlo success rate is
+//! strictly between 0 and 1, else `unlearnable` (0 in the paper; AZR's code uses -0.5).
+//! A malformed completion or an invalid proposal earns `format_penalty` in either role.
+
+use serde::{Deserialize, Serialize};
+
+use super::parse::{self, ParseError};
+use super::{Task, TaskType};
+use crate::sandbox::{CheckRequest, ProgramStatus, Sandbox};
+
+/// `[reward]`: the reward values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// Reward for a completion that breaks the format, in either role, and for an invalid
+    /// proposal.
+    pub format_penalty: f32,
+    /// Solver reward for a well-formatted wrong answer (r_solve = 0 in the paper's eq. 5).
+    pub wrong_answer: f32,
+    /// Proposer reward for a valid task that the solver always or never solved. The paper's rule
+    /// is 0; AZR's released code gives -0.5.
+    pub unlearnable: f32,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            format_penalty: -1.0,
+            wrong_answer: 0.0,
+            unlearnable: 0.0,
+        }
+    }
+}
+
+/// The judgement of one solver answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", content = "detail", rename_all = "snake_case")]
+pub enum Verdict {
+    Correct,
+    /// Well formed but wrong; says how.
+    Wrong(String),
+    Malformed(ParseError),
+}
+
+impl Verdict {
+    pub fn is_correct(&self) -> bool {
+        matches!(self, Verdict::Correct)
+    }
+
+    /// The solver's reward for this verdict.
+    pub fn reward(&self, config: &RewardConfig) -> f32 {
+        match self {
+            Verdict::Correct => 1.0,
+            Verdict::Wrong(_) => config.wrong_answer,
+            Verdict::Malformed(_) => config.format_penalty,
+        }
+    }
+}
+
+/// The solver's record on one task: `successes` of `samples` answers drawn at `temperature`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SolveRate {
+    pub successes: usize,
+    pub samples: usize,
+    pub temperature: f32,
+}
+
+/// A solve rate that cannot estimate learnability.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RateError {
+    #[error("learnability needs sampled solver answers, but they were drawn greedily (temperature {0}); greedy samples make every rate 0 or 1")]
+    Greedy(f32),
+    #[error("learnability needs at least one solver sample")]
+    NoSamples,
+}
+
+/// The proposer's reward for a valid task, from the solver's Monte-Carlo success rate.
+pub fn learnability(rate: &SolveRate, config: &RewardConfig) -> Result<f32, RateError> {
+    if rate.temperature <= 0.0 {
+        return Err(RateError::Greedy(rate.temperature));
+    }
+    if rate.samples == 0 {
+        return Err(RateError::NoSamples);
+    }
+    let mean = rate.successes as f32 / rate.samples as f32;
+    Ok(if mean > 0.0 && mean < 1.0 {
+        1.0 - mean
+    } else {
+        config.unlearnable
+    })
+}
+
+/// Judges several answers to one task, running each task type's check in as few interpreter
+/// starts as possible (all answers to one abduction task in one run).
+pub async fn judge(sandbox: &Sandbox, task: &Task, answers: &[String]) -> Vec<Verdict> {
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; answers.len()];
+    let parsed: Vec<(usize, String)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            let result = match task.task_type {
+                TaskType::Induction => parse::program_answer(text),
+                _ => parse::value_answer(text),
+            };
+            match result {
+                Ok(answer) => Some((i, answer)),
+                Err(e) => {
+                    verdicts[i] = Some(Verdict::Malformed(e));
+                    None
+                }
+            }
+        })
+        .collect();
+    let judged = match task.task_type {
+        TaskType::Deduction => judge_outputs(sandbox, task, &parsed).await,
+        TaskType::Abduction => judge_inputs(sandbox, task, &parsed).await,
+        TaskType::Induction => judge_programs(sandbox, task, &parsed).await,
+    };
+    for ((i, _), verdict) in parsed.iter().zip(judged) {
+        verdicts[*i] = Some(verdict);
+    }
+    verdicts
+        .into_iter()
+        .map(|v| v.unwrap_or_else(|| Verdict::Wrong("not judged".into())))
+        .collect()
+}
+
+fn gold(task: &Task) -> &str {
+    task.examples.first().map_or("", |e| e.output.as_str())
+}
+
+async fn judge_outputs(
+    sandbox: &Sandbox,
+    task: &Task,
+    answers: &[(usize, String)],
+) -> Vec<Verdict> {
+    let pairs: Vec<(String, String)> = answers
+        .iter()
+        .map(|(_, a)| (a.clone(), gold(task).to_string()))
+        .collect();
+    sandbox
+        .compare(&pairs)
+        .await
+        .into_iter()
+        .zip(answers)
+        .map(|(equal, (_, answer))| match equal {
+            true => Verdict::Correct,
+            false => Verdict::Wrong(format!("{answer} is not {}", gold(task))),
+        })
+        .collect()
+}
+
+async fn judge_inputs(sandbox: &Sandbox, task: &Task, answers: &[(usize, String)]) -> Vec<Verdict> {
+    let inputs: Vec<String> = answers.iter().map(|(_, a)| a.clone()).collect();
+    let expected = vec![gold(task).to_string(); inputs.len()];
+    let report = sandbox
+        .check(&CheckRequest::new(task.program.clone(), inputs).expecting(expected))
+        .await;
+    if !matches!(report.program, ProgramStatus::Ok { .. }) {
+        let why = format!("the task's program failed: {:?}", report.program);
+        return vec![Verdict::Wrong(why); answers.len()];
+    }
+    report
+        .calls
+        .iter()
+        .map(|call| match call.matched() {
+            true => Verdict::Correct,
+            false => Verdict::Wrong(format!("f(answer) gave {call:?}")),
+        })
+        .collect()
+}
+
+async fn judge_programs(
+    sandbox: &Sandbox,
+    task: &Task,
+    answers: &[(usize, String)],
+) -> Vec<Verdict> {
+    let hidden = task.hidden_examples();
+    let inputs: Vec<String> = hidden.iter().map(|e| e.input.clone()).collect();
+    let expected: Vec<String> = hidden.iter().map(|e| e.output.clone()).collect();
+    let checks = answers.iter().map(|(_, program)| {
+        let request =
+            CheckRequest::new(program.clone(), inputs.clone()).expecting(expected.clone());
+        async move { sandbox.check(&request).await }
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .map(|report| match report.program {
+            ProgramStatus::Ok { .. }
+                if !hidden.is_empty() && report.calls.iter().all(|c| c.matched()) =>
+            {
+                Verdict::Correct
+            }
+            ProgramStatus::Ok { .. } => Verdict::Wrong("wrong output on a hidden input".into()),
+            other => Verdict::Wrong(format!("the program failed: {other:?}")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(successes: usize, samples: usize) -> SolveRate {
+        SolveRate {
+            successes,
+            samples,
+            temperature: 1.0,
+        }
+    }
+
+    #[test]
+    fn learnability_at_the_edges() {
+        let config = RewardConfig::default();
+        assert_eq!(learnability(&rate(0, 8), &config), Ok(0.0));
+        assert_eq!(learnability(&rate(8, 8), &config), Ok(0.0));
+        assert_eq!(learnability(&rate(2, 8), &config), Ok(0.75));
+        assert_eq!(learnability(&rate(7, 8), &config), Ok(0.125));
+        let azr_code = RewardConfig {
+            unlearnable: -0.5,
+            ..config
+        };
+        assert_eq!(learnability(&rate(8, 8), &azr_code), Ok(-0.5));
+    }
+
+    #[test]
+    fn greedy_samples_cannot_estimate_learnability() {
+        let greedy = SolveRate {
+            temperature: 0.0,
+            ..rate(1, 2)
+        };
+        assert!(matches!(
+            learnability(&greedy, &RewardConfig::default()),
+            Err(RateError::Greedy(_))
+        ));
+        assert_eq!(
+            learnability(&rate(0, 0), &RewardConfig::default()),
+            Err(RateError::NoSamples)
+        );
+    }
+
+    #[test]
+    fn verdict_rewards() {
+        let config = RewardConfig::default();
+        assert_eq!(Verdict::Correct.reward(&config), 1.0);
+        assert_eq!(Verdict::Wrong(String::new()).reward(&config), 0.0);
+        assert_eq!(
+            Verdict::Malformed(ParseError::NoThinkEnd).reward(&config),
+            -1.0
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Validation of proposals in the sandbox. A proposal becomes a [`Task`] only when its program
+//! parses, defines `f` with at least one argument, imports nothing banned, runs within limits,
+//! returns a value whose repr round-trips, prints nothing, and gives the same result in two
+//! fresh runs. Outputs are always computed by running the program, never taken from the model.
+
+use serde::Serialize;
+
+use super::parse::{InputsProposal, ParseError, ProgramProposal};
+use super::{Example, Task, TaskType};
+use crate::sandbox::{CallResult, CheckRequest, Outcome, ProgramStatus, Sandbox};
+
+/// Why a proposal did not become a task.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("format: {0}")]
+    Format(ParseError),
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    #[error("imports banned module(s): {}", .0.join(", "))]
+    BannedImport(Vec<String>),
+    #[error("defining the program failed: {0}")]
+    Definition(String),
+    #[error("no function `f`")]
+    MissingFunction,
+    #[error("`f` takes no arguments")]
+    NoArguments,
+    #[error("input is not valid: {0}")]
+    BadInput(String),
+    #[error("f raised {0}")]
+    Raised(String),
+    #[error("stopped by a sandbox limit: {0:?}")]
+    Stopped(Outcome),
+    #[error("results differ between two runs: {0}")]
+    Nondeterministic(String),
+    #[error("the output {0} does not survive eval(repr(x)) == x")]
+    NotRoundTrip(String),
+    #[error("the output's repr is {0} characters long")]
+    OutputTooLong(usize),
+    #[error("f prints")]
+    Prints,
+    #[error("only {valid} valid distinct inputs, {needed} needed")]
+    TooFewExamples { valid: usize, needed: usize },
+    #[error("the message is empty")]
+    EmptyMessage,
+    #[error("duplicate of an existing task")]
+    Duplicate,
+}
+
+impl Rejection {
+    /// A short label for counting rejections by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Format(_) => "format",
+            Rejection::Syntax(_) => "syntax",
+            Rejection::BannedImport(_) => "banned_import",
+            Rejection::Definition(_) => "definition",
+            Rejection::MissingFunction => "missing_function",
+            Rejection::NoArguments => "no_arguments",
+            Rejection::BadInput(_) => "bad_input",
+            Rejection::Raised(_) => "raised",
+            Rejection::Stopped(_) => "stopped",
+            Rejection::Nondeterministic(_) => "nondeterministic",
+            Rejection::NotRoundTrip(_) => "not_round_trip",
+            Rejection::OutputTooLong(_) => "output_too_long",
+            Rejection::Prints => "prints",
+            Rejection::TooFewExamples { .. } => "too_few_examples",
+            Rejection::EmptyMessage => "empty_message",
+            Rejection::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl From<ParseError> for Rejection {
+    fn from(e: ParseError) -> Self {
+        Rejection::Format(e)
+    }
+}
+
+/// Maps a failed program status to its rejection; Ok gives the arity and normalised text.
+fn program_ok(status: ProgramStatus) -> Result<(i32, String), Rejection> {
+    match status {
+        ProgramStatus::Ok { arity, normalized } => Ok((arity, normalized)),
+        ProgramStatus::Syntax { error } => Err(Rejection::Syntax(error)),
+        ProgramStatus::BannedImport { modules } => Err(Rejection::BannedImport(modules)),
+        ProgramStatus::Definition { error } => Err(Rejection::Definition(error)),
+        ProgramStatus::Missing { .. } => Err(Rejection::MissingFunction),
+        ProgramStatus::Stopped { outcome, .. } => Err(Rejection::Stopped(outcome)),
+        ProgramStatus::Nondeterministic { first, second } => {
+            Err(Rejection::Nondeterministic(format!("{first} vs {second}")))
+        }
+    }
+}
+
+/// The output of one valid call, or why the call makes the task invalid.
+fn valid_output(call: CallResult) -> Result<String, Rejection> {
+    match call {
+        CallResult::Value { printed: true, .. } => Err(Rejection::Prints),
+        CallResult::Value {
+            repr,
+            roundtrips: false,
+            ..
+        } => Err(Rejection::NotRoundTrip(repr)),
+        CallResult::Value { repr, .. } => Ok(repr),
+        CallResult::Raised { error } => Err(Rejection::Raised(error)),
+        CallResult::BadInput { error } => Err(Rejection::BadInput(error)),
+        CallResult::ReprTooLong { length } => Err(Rejection::OutputTooLong(length)),
+        CallResult::Stopped { outcome } => Err(Rejection::Stopped(outcome)),
+        CallResult::Nondeterministic { first, second } => {
+            Err(Rejection::Nondeterministic(format!("{first} vs {second}")))
+        }
+    }
+}
+
+/// Validates a deduction or abduction proposal into a task with one example.
+pub async fn program_task(
+    sandbox: &Sandbox,
+    task_type: TaskType,
+    proposal: &ProgramProposal,
+) -> Result<Task, Rejection> {
+    let request = CheckRequest::new(proposal.program.clone(), vec![proposal.input.clone()]);
+    let report = sandbox.check_deterministic(&request).await;
+    let (arity, normalized) = program_ok(report.program)?;
+    if arity < 1 {
+        return Err(Rejection::NoArguments);
+    }
+    let call = report
+        .calls
+        .into_iter()
+        .next()
+        .ok_or(Rejection::MissingFunction)?;
+    let output = valid_output(call)?;
+    Ok(Task {
+        task_type,
+        program: proposal.program.clone(),
+        normalized,
+        examples: vec![Example {
+            input: proposal.input.clone(),
+            output,
+        }],
+        shown: 1,
+        message: None,
+    })
+}
+
+/// Validates an induction proposal for `program` (taken from the buffer): keeps the valid,
+/// distinct inputs, computes their outputs, and shows the first half (rounded up), hiding the
+/// rest as tests. Needs at least `min_examples` valid inputs (at least 2: one shown, one hidden).
+pub async fn induction_task(
+    sandbox: &Sandbox,
+    program: &str,
+    proposal: &InputsProposal,
+    min_examples: usize,
+) -> Result<Task, Rejection> {
+    if proposal.message.trim().is_empty() {
+        return Err(Rejection::EmptyMessage);
+    }
+    let mut inputs: Vec<String> = Vec::new();
+    for input in &proposal.inputs {
+        if !inputs.iter().any(|seen| seen == input.trim()) {
+            inputs.push(input.trim().to_string());
+        }
+    }
+    let report = sandbox
+        .check_deterministic(&CheckRequest::new(program, inputs.clone()))
+        .await;
+    let (_, normalized) = program_ok(report.program)?;
+    let mut examples: Vec<Example> = Vec::new();
+    for (input, call) in inputs.into_iter().zip(report.calls) {
+        if let Ok(output) = valid_output(call) {
+            examples.push(Example { input, output });
+        }
+    }
+    let needed = min_examples.max(2);
+    if examples.len() < needed {
+        return Err(Rejection::TooFewExamples {
+            valid: examples.len(),
+            needed,
+        });
+    }
+    Ok(Task {
+        task_type: TaskType::Induction,
+        program: program.to_string(),
+        normalized,
+        shown: examples.len().div_ceil(2),
+        examples,
+        message: Some(proposal.message.trim().to_string()),
+    })
+}
