@@ -32,13 +32,18 @@ fn every_command_has_help() {
         vec!["sandbox", "run", "--help"],
         vec!["sandbox", "eval", "--help"],
         vec!["bench", "sandbox", "--help"],
+        vec!["buffer", "stats", "--help"],
+        vec!["buffer", "list", "--help"],
+        vec!["buffer", "show", "--help"],
+        vec!["buffer", "export", "--help"],
+        vec!["buffer", "seed", "--help"],
     ] {
         let out = azr(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         assert!(text(&out).contains("Usage:"), "{args:?}");
     }
     let top = text(&azr(&["--help"]));
-    for command in ["setup", "sandbox", "bench"] {
+    for command in ["setup", "sandbox", "buffer", "bench"] {
         assert!(top.contains(command), "{command} missing from --help");
     }
 }
@@ -136,5 +141,79 @@ fn setup_without_pip_fails_cleanly_and_leaves_no_cache() {
             .iter()
             .all(|n| n.to_string_lossy().ends_with(".lock")),
         "half-written cache: {leftovers:?}"
+    );
+}
+
+#[test]
+fn buffer_commands_show_a_seeded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run = run.to_str().unwrap();
+    let out = azr(&["buffer", "seed", "--run", run]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let stats = text(&azr(&["buffer", "stats", "--run", run]));
+    assert!(
+        stats.contains("deduction") && stats.contains("induction"),
+        "{stats}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&azr(&["buffer", "stats", "--run", run, "--json"]).stdout).unwrap();
+    assert_eq!(json["types"][0]["tasks"], 1);
+
+    let list = text(&azr(&[
+        "buffer",
+        "list",
+        "--run",
+        run,
+        "--type",
+        "abduction",
+    ]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains("abduction") && !list.contains("deduction"),
+        "{list}"
+    );
+
+    let show = text(&azr(&["buffer", "show", "--run", run, "3"]));
+    assert!(
+        show.contains("(hidden)") && show.contains("returns its argument"),
+        "{show}"
+    );
+
+    let export = dir.path().join("tasks.jsonl");
+    let out = azr(&[
+        "buffer",
+        "export",
+        "--run",
+        run,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["outputs"][0], "'Hello world'");
+}
+
+#[test]
+fn buffer_errors_say_what_to_do() {
+    let out = azr(&["buffer", "stats", "--run", "/nonexistent/run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("is this a run directory"),
+        "{}",
+        text(&out)
+    );
+    let out = azr(&["buffer", "list", "--run", "/tmp", "--type", "sorting"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("use deduction, abduction or induction"),
+        "{}",
+        text(&out)
     );
 }

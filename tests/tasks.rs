@@ -276,3 +276,23 @@ async fn duplicates_are_caught_on_normalised_programs() {
         Inserted::Duplicate(id)
     );
 }
+
+#[tokio::test]
+async fn seeding_from_base_model_proposals_keeps_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = Buffer::open(&dir.path().join("buffer.sqlite")).unwrap();
+    let completions = vec![
+        proposal(SORT_WORDS, "'b aa', 1"),
+        proposal(SORT_WORDS, "'c dd', 1"),
+        proposal("import os\ndef f(x):\n    return x", "1"),
+        "I would write a function that...".to_string(),
+    ];
+    let report = seed::seed_from_proposals(&buffer, sandbox(), TaskType::Deduction, &completions)
+        .await
+        .unwrap();
+    assert_eq!((report.added, report.rejected), (1, 3));
+    let stats = buffer.stats().unwrap();
+    let reasons: Vec<&str> = stats.rejections.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(reasons, ["banned_import", "duplicate", "format"]);
+    assert_eq!(buffer.tasks(None).unwrap()[0].origin, Origin::Seed);
+}

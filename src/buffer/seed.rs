@@ -51,3 +51,44 @@ pub async fn seed(buffer: &Buffer, sandbox: &Sandbox) -> Result<usize, SeedError
     ));
     Ok(added)
 }
+
+/// What seeding from proposals did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    pub added: usize,
+    /// Invalid proposals and duplicates; each is recorded in the buffer with its reason.
+    pub rejected: usize,
+}
+
+/// Seeds from proposer completions written before training (AZR's option to seed the buffer
+/// with base-model proposals): each deduction or abduction proposal that validates is stored as
+/// a seed at step 0; the rest are recorded as rejections at step 0.
+pub async fn seed_from_proposals(
+    buffer: &Buffer,
+    sandbox: &Sandbox,
+    task_type: TaskType,
+    completions: &[String],
+) -> Result<SeedReport, SeedError> {
+    let mut report = SeedReport::default();
+    for completion in completions {
+        let task = match crate::tasks::parse::program_proposal(completion) {
+            Ok(proposal) => validate::program_task(sandbox, task_type, &proposal).await,
+            Err(e) => Err(e.into()),
+        };
+        let outcome = match task {
+            Ok(task) => match buffer.insert(&task, 0, Origin::Seed, &[])? {
+                Inserted::New(_) => Ok(()),
+                Inserted::Duplicate(_) => Err(validate::Rejection::Duplicate),
+            },
+            Err(rejection) => Err(rejection),
+        };
+        match outcome {
+            Ok(()) => report.added += 1,
+            Err(rejection) => {
+                buffer.record_rejection(0, task_type, &rejection, completion)?;
+                report.rejected += 1;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,5 +1,6 @@
 //! Command-line interface: one clap struct per subcommand, each with `--help` text.
 
+mod buffer;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub enum Command {
     /// Run Python in the sandbox.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Look at the tasks a run proposed: stats, list, show, export.
+    #[command(subcommand)]
+    Buffer(buffer::BufferCommand),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Setup(args) => setup(&args),
         Command::Sandbox(cmd) => sandbox::run(cmd, &config),
+        Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Bench(BenchCommand::Sandbox(opts)) => {
             let report = azr::bench::sandbox::run(&opts, &config.sandbox)?;
             println!("{report}");

@@ -2,6 +2,7 @@
 //! validation of proposals in the sandbox, and the rewards. Driven by text alone (no model), so
 //! everything here is tested with hand-written model outputs.
 
+pub mod chat;
 pub mod parse;
 pub mod prompts;
 pub mod reward;

@@ -1,0 +1,83 @@
+//! Turning a [`ChatPrompt`] into the text a model continues: the model's own chat template
+//! (the Jinja template in its `tokenizer_config.json`) when it has one, else a plain R1-style
+//! transcript for base models. Rendering lives here, apart from the model, so the prompts can be
+//! tested without weights; the model layer only hands over the template string.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+
+use super::prompts::ChatPrompt;
+
+/// Renders `prompt` with a Hugging Face chat template, ending with the assistant's turn open.
+pub fn apply_template(template: &str, prompt: &ChatPrompt) -> Result<String, Error> {
+    let mut env = Environment::new();
+    // HF templates call Python string methods (`.strip()`, `.startswith()`) and raise_exception.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
+    env.add_template("chat", template)?;
+    let messages = [
+        context! { role => "system", content => &prompt.system },
+        context! { role => "user", content => &prompt.user },
+    ];
+    env.get_template("chat")?.render(context! {
+        messages => messages,
+        add_generation_prompt => true,
+        bos_token => "",
+        eos_token => "",
+    })
+}
+
+/// The transcript a base model (no chat template) continues, as in AZR: the frame, the
+/// question, and the assistant's turn opened at `<think>`.
+pub fn plain(prompt: &ChatPrompt) -> String {
+    format!(
+        "{}\nUser: {}\nAssistant: <think>",
+        prompt.system, prompt.user
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ChatML template of Qwen2.5 / SmolLM2-Instruct, in the form their configs carry.
+    const CHATML: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+    fn prompt() -> ChatPrompt {
+        ChatPrompt {
+            system: "Think first.".into(),
+            user: "  What is f(1)?  ".into(),
+        }
+    }
+
+    #[test]
+    fn chatml_template_renders_both_turns_and_opens_the_assistant() {
+        let text = apply_template(CHATML, &prompt()).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nThink first.<|im_end|>\n<|im_start|>user\nWhat is f(1)?<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn template_errors_are_reported_not_panics() {
+        let raising = "{{ raise_exception('System role not supported') }}";
+        let err = apply_template(raising, &prompt()).unwrap_err();
+        assert!(
+            err.to_string().contains("System role not supported"),
+            "{err}"
+        );
+        assert!(apply_template("{% for %}", &prompt()).is_err());
+    }
+
+    #[test]
+    fn base_models_get_the_plain_r1_transcript() {
+        let text = plain(&prompt());
+        assert!(text.starts_with("Think first.\nUser:"));
+        assert!(text.ends_with("Assistant: <think>"));
+    }
+}
