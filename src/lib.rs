@@ -9,5 +9,6 @@ pub mod assets;
 pub mod bench;
 pub mod buffer;
 pub mod config;
+pub mod model;
 pub mod sandbox;
 pub mod tasks;

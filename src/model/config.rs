@@ -1,0 +1,130 @@
+//! The decoder's hyper-parameters, read from (and written as) a Hugging Face `config.json`, so
+//! folders azr writes load in `transformers` and folders from elsewhere load here.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// Supported architectures. A Llama model is a Qwen2 model without q/k/v biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Qwen2,
+    Llama,
+}
+
+/// `config.json` fields the decoder uses (others are kept on write by `extra`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub model_type: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Llama's switch for q/k/v biases; Qwen2 always has them.
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<EosIds>,
+    /// Everything else in the file, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `eos_token_id` is one id or a list in HF configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Whether q/k/v projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == Architecture::Qwen2 || self.attention_bias
+    }
+
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(EosIds::One(id)) => vec![*id],
+            Some(EosIds::Many(ids)) => ids.clone(),
+            None => vec![],
+        }
+    }
+
+    /// Reads `config.json` from a model folder.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::Invalid {
+            path: path.clone(),
+            detail: format!("{e} (supported model_type: qwen2, llama)"),
+        })?;
+        config
+            .validate()
+            .map_err(|detail| ModelError::Invalid { path, detail })?;
+        Ok(config)
+    }
+
+    /// Rejects shapes the decoder cannot run.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parameter count implied by the shapes.
+    pub fn parameter_count(&self) -> usize {
+        let (h, i, kv) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_key_value_heads * self.head_dim(),
+        );
+        let bias = if self.qkv_bias() { h + 2 * kv } else { 0 };
+        let layer = h * h * 2 + h * kv * 2 + bias + 3 * h * i + 2 * h;
+        let embed = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + self.num_hidden_layers * layer + h
+    }
+
+    /// The HF `architectures` entry for this model type.
+    pub fn hf_architecture(&self) -> &'static str {
+        match self.model_type {
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Llama => "LlamaForCausalLM",
+        }
+    }
+}

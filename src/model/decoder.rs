@@ -1,0 +1,493 @@
+//! The Qwen2/Llama decoder (a Llama model is a Qwen2 model with zero q/k/v biases): token
+//! embedding, N blocks of pre-norm GQA attention with RoPE and a SwiGLU MLP, final RMSNorm, and
+//! an LM head tied to the embedding or not. Weights are `Var`s named after the HF tensors.
+//!
+//! One forward serves both paths: `grad = true` composes differentiable ops (training),
+//! `grad = false` uses candle's fused kernels and may extend a KV cache (generation).
+//! Positions are absolute column indices, padding included: RoPE attention depends only on
+//! relative positions, so left padding shifts nothing but the (masked) pad columns.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
+
+use super::config::ModelConfig;
+use super::{ops, ModelError};
+
+/// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
+const MASKED: f64 = -1e9;
+
+struct Linear {
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Linear {
+    /// x (b, t, in) -> (b, t, out)
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, n) = x.dims3()?;
+        let y = x.reshape((b * t, n))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        y.reshape((b, t, ()))
+    }
+}
+
+struct Block {
+    input_layernorm: Var,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: Var,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// Keys and values of every layer for the tokens seen so far: (b, kv_heads, len, head_dim).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A loaded decoder.
+pub struct Model {
+    pub config: ModelConfig,
+    embed_tokens: Var,
+    blocks: Vec<Block>,
+    norm: Var,
+    /// None when tied to `embed_tokens`.
+    lm_head: Option<Var>,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+struct Loader<'a> {
+    tensors: HashMap<String, Tensor>,
+    path: &'a Path,
+    dtype: DType,
+}
+
+impl Loader<'_> {
+    fn var(&mut self, name: &str) -> Result<Var, ModelError> {
+        let tensor = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::Invalid {
+                path: self.path.to_owned(),
+                detail: format!("tensor {name} is missing"),
+            })?;
+        Ok(Var::from_tensor(&tensor.to_dtype(self.dtype)?)?)
+    }
+
+    fn optional(&mut self, name: &str) -> Result<Option<Var>, ModelError> {
+        match self.tensors.contains_key(name) {
+            true => self.var(name).map(Some),
+            false => Ok(None),
+        }
+    }
+
+    fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.var(&format!("{prefix}.weight"))?,
+            bias: match bias {
+                true => Some(self.var(&format!("{prefix}.bias"))?),
+                false => self.optional(&format!("{prefix}.bias"))?,
+            },
+        })
+    }
+}
+
+impl Model {
+    /// Loads a Hugging Face folder (`config.json` + `model.safetensors`).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let config = ModelConfig::load(dir)?;
+        let path = dir.join("model.safetensors");
+        if !path.is_file() {
+            return Err(ModelError::Invalid {
+                path: dir.to_owned(),
+                detail: "no model.safetensors (sharded checkpoints are not supported yet)".into(),
+            });
+        }
+        let tensors = candle_core::safetensors::load(&path, device)
+            .map_err(|e| ModelError::candle(&path, e))?;
+        Self::from_tensors(config, tensors, &path, device, dtype)
+    }
+
+    /// Builds a model from named HF tensors.
+    pub fn from_tensors(
+        config: ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        path: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let mut l = Loader {
+            tensors,
+            path,
+            dtype,
+        };
+        let bias = config.qkv_bias();
+        let blocks = (0..config.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Block {
+                    input_layernorm: l.var(&format!("{p}.input_layernorm.weight"))?,
+                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), bias)?,
+                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), bias)?,
+                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), bias)?,
+                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), false)?,
+                    post_attention_layernorm: l
+                        .var(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), false)?,
+                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), false)?,
+                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), false)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let embed_tokens = l.var("model.embed_tokens.weight")?;
+        let norm = l.var("model.norm.weight")?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(l.var("lm_head.weight")?),
+        };
+        let (cos, sin) = rope_tables(&config, device, dtype)?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// A randomly initialised model (for tests), deterministic under `seed`.
+    pub fn random(
+        config: ModelConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in parameter_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let is_norm = name.ends_with("norm.weight");
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let u: f32 = rng.random::<f32>() * 2.0 - 1.0;
+                    if is_norm {
+                        1.0 + 0.2 * u
+                    } else {
+                        0.1 * u
+                    }
+                })
+                .collect();
+            tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        Self::from_tensors(config, tensors, Path::new("<random>"), device, dtype)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every trainable parameter with its HF name, in a fixed order.
+    pub fn named_vars(&self) -> Vec<(String, &Var)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), &b.input_layernorm));
+            for (name, lin) in [
+                ("self_attn.q_proj", &b.q_proj),
+                ("self_attn.k_proj", &b.k_proj),
+                ("self_attn.v_proj", &b.v_proj),
+                ("self_attn.o_proj", &b.o_proj),
+                ("mlp.gate_proj", &b.gate_proj),
+                ("mlp.up_proj", &b.up_proj),
+                ("mlp.down_proj", &b.down_proj),
+            ] {
+                out.push((format!("{p}.{name}.weight"), &lin.weight));
+                if let Some(bias) = &lin.bias {
+                    out.push((format!("{p}.{name}.bias"), bias));
+                }
+            }
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                &b.post_attention_layernorm,
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head));
+        }
+        out
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir` (HF layout, loadable by
+    /// `transformers`).
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let tensors: HashMap<String, Tensor> = self
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &path)
+            .map_err(|e| ModelError::candle(&path, e))?;
+        let mut config = serde_json::to_value(&self.config).expect("config serialises");
+        config["architectures"] = serde_json::json!([self.config.hf_architecture()]);
+        config["torch_dtype"] = serde_json::json!(match self.dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            _ => "float32",
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
+            .map_err(|e| ModelError::io(&path, e))
+    }
+
+    /// Hidden states after the final norm: ids (b, t) -> (b, t, hidden).
+    ///
+    /// `key_mask` (b, cached + t), 1 for real tokens and 0 for padding, or None when nothing is
+    /// padded. With a cache, the new tokens attend to the cached ones and are appended.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        grad: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let mask = self.attention_mask(b, t, offset, key_mask)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.blocks.len(), None);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = self.block(block, &x, &cos, &sin, mask.as_ref(), layer_cache, grad)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, grad)
+    }
+
+    /// Logits over the vocabulary: hidden (b, t, h) -> (b, t, vocab), in at least f32.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let (b, t, h) = hidden.dims3()?;
+        hidden
+            .reshape((b * t, h))?
+            .matmul(&head.t()?)?
+            .reshape((b, t, ()))?
+            .to_dtype(ops::accumulate_dtype(self.dtype))
+    }
+
+    /// The LM head weight (vocab, hidden), for chunked log-prob computation.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .as_tensor()
+    }
+
+    /// Additive mask (b, 1, t, offset + t): causal, and padding keys masked. None when
+    /// neither applies (one new token, nothing padded).
+    fn attention_mask(
+        &self,
+        b: usize,
+        t: usize,
+        offset: usize,
+        key_mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let total = offset + t;
+        if t == 1 && key_mask.is_none() {
+            return Ok(None);
+        }
+        let causal: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..total).map(move |j| if j <= offset + i { 0.0 } else { MASKED as f32 })
+            })
+            .collect();
+        let mut mask = Tensor::from_vec(causal, (1, 1, t, total), &self.device)?;
+        if let Some(keys) = key_mask {
+            let keys = ((keys.to_dtype(DType::F32)?.affine(1.0, -1.0)? * -MASKED)?
+                .reshape((b, 1, 1, total)))?;
+            mask = mask.broadcast_add(&keys)?;
+        }
+        Ok(Some(mask.to_dtype(self.dtype)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        grad: bool,
+    ) -> candle_core::Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let h = ops::rms_norm(x, &block.input_layernorm, eps, grad)?;
+        let attn = self.attention(block, &h, cos, sin, mask, cache, grad)?;
+        let x = (x + attn)?;
+        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, grad)?;
+        let mlp = block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?;
+        x + block.down_proj.forward(&mlp?)?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        grad: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        let split = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2);
+        let q = split(block.q_proj.forward(x)?, heads)?;
+        let k = split(block.k_proj.forward(x)?, kv_heads)?;
+        let v = split(block.v_proj.forward(x)?, kv_heads)?.contiguous()?;
+        let q = ops::rope(&q, cos, sin, grad)?;
+        let k = ops::rope(&k, cos, sin, grad)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let (k, v) = (
+            repeat_kv(&k, heads / kv_heads)?,
+            repeat_kv(&v, heads / kv_heads)?,
+        );
+        let scores = (q.contiguous()?.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let out = ops::softmax(&scores, grad)?.matmul(&v)?;
+        block
+            .o_proj
+            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?)
+    }
+}
+
+/// GQA: (b, kv_heads, n, d) -> (b, kv_heads * rep, n, d).
+fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, n, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, n, d))?
+        .reshape((b, kv * rep, n, d))
+}
+
+/// cos and sin of every position and frequency: (max_positions, head_dim / 2).
+fn rope_tables(
+    c: &ModelConfig,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let d = c.head_dim();
+    let inv_freq: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / d as f64) as f32)
+        .collect();
+    let n = c.max_position_embeddings;
+    let inv_freq = Tensor::from_vec(inv_freq, (1, d / 2), device)?;
+    let positions = Tensor::arange(0u32, n as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
+    Ok((
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    ))
+}
+
+/// Every parameter's HF name and shape under `config`.
+pub fn parameter_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, kv) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_key_value_heads * c.head_dim(),
+    );
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+        if c.qkv_bias() {
+            out.push((format!("{p}.self_attn.q_proj.bias"), vec![h]));
+            out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+            out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+        }
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+use candle_core::backprop::GradStore;
+
+use super::*;
+use crate::model::config::Architecture;
+use candle_core::D;
+use rand::RngExt;
+
+fn tiny(arch: Architecture, tied: bool) -> ModelConfig {
+    ModelConfig {
+        model_type: arch,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        vocab_size: 11,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 32,
+        tie_word_embeddings: tied,
+        attention_bias: false,
+        bos_token_id: None,
+        eos_token_id: None,
+        extra: Default::default(),
+    }
+}
+
+fn ids(rows: &[&[u32]], dev: &Device) -> Tensor {
+    let t = rows[0].len();
+    Tensor::from_vec(rows.concat(), (rows.len(), t), dev).unwrap()
+}
+
+/// Cross-entropy of next-token predictions over non-pad positions.
+fn loss(model: &Model, tokens: &Tensor, mask: &Tensor) -> Tensor {
+    let (b, t) = tokens.dims2().unwrap();
+    let hidden = model.forward(tokens, Some(mask), None, true).unwrap();
+    let logits = model
+        .logits(&hidden.narrow(1, 0, t - 1).unwrap())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let targets = tokens.narrow(1, 1, t - 1).unwrap().unsqueeze(2).unwrap();
+    let picked = logp
+        .gather(&targets.contiguous().unwrap(), 2)
+        .unwrap()
+        .squeeze(2)
+        .unwrap();
+    // A prediction counts when both its input and its target are real tokens.
+    let weights = (mask.narrow(1, 0, t - 1).unwrap() * mask.narrow(1, 1, t - 1).unwrap())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    ((picked * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+        / b as f64)
+        .unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn check_gradients(config: ModelConfig) {
+    let dev = Device::Cpu;
+    let model = Model::random(config, 7, &dev, DType::F64).unwrap();
+    // Two rows, the second left-padded by two (pad id 0, masked).
+    let tokens = ids(&[&[3, 5, 7, 2, 9, 4], &[0, 0, 1, 6, 8, 10]], &dev);
+    let mask = ids(&[&[1, 1, 1, 1, 1, 1], &[0, 0, 1, 1, 1, 1]], &dev);
+    let grads: GradStore = loss(&model, &tokens, &mask).backward().unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let h = 1e-6;
+    for (name, var) in model.named_vars() {
+        let grad = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{name} got no gradient"));
+        let grad: Vec<f64> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            grad.iter().any(|g| *g != 0.0),
+            "{name}: gradient is all zeros"
+        );
+        let original = var.as_tensor().copy().unwrap();
+        let values: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
+        for _ in 0..3 {
+            let i = rng.random_range(0..values.len());
+            let at = |delta: f64| {
+                let mut v = values.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, original.shape(), &dev).unwrap())
+                    .unwrap();
+                scalar(&loss(&model, &tokens, &mask))
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            var.set(&original).unwrap();
+            // Relative error, floored for near-zero gradients, where central differences
+            // carry ~1e-10 of rounding noise.
+            let err = (numeric - grad[i]).abs() / numeric.abs().max(grad[i].abs()).max(1e-3);
+            assert!(
+                err < 1e-5,
+                "{name}[{i}]: analytic {} vs numeric {numeric} (rel err {err:.2e})",
+                grad[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_qwen2_untied() {
+    check_gradients(tiny(Architecture::Qwen2, false));
+}
+
+#[test]
+fn gradients_match_finite_differences_llama_tied() {
+    check_gradients(tiny(Architecture::Llama, true));
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn cached_decoding_matches_the_full_forward() {
+    let dev = Device::Cpu;
+    let model = Model::random(tiny(Architecture::Qwen2, false), 3, &dev, DType::F32).unwrap();
+    let tokens = ids(&[&[0, 0, 4, 2, 9, 1, 5], &[3, 5, 7, 2, 9, 4, 6]], &dev);
+    let mask = ids(&[&[0, 0, 1, 1, 1, 1, 1], &[1, 1, 1, 1, 1, 1, 1]], &dev);
+    let full = model
+        .logits(&model.forward(&tokens, Some(&mask), None, true).unwrap())
+        .unwrap();
+    let mut cache = KvCache::default();
+    let prefix = model
+        .forward(
+            &tokens.narrow(1, 0, 4).unwrap(),
+            Some(&mask.narrow(1, 0, 4).unwrap()),
+            Some(&mut cache),
+            false,
+        )
+        .unwrap();
+    // Row 0's first two columns are padding, whose outputs are garbage by design: compare the rest.
+    let real = |t: &Tensor| t.narrow(1, 2, 2).unwrap();
+    assert!(
+        max_diff(
+            &real(&model.logits(&prefix).unwrap()),
+            &real(&full.narrow(1, 0, 4).unwrap())
+        ) < 1e-5
+    );
+    for step in 4..7 {
+        let h = model
+            .forward(
+                &tokens.narrow(1, step, 1).unwrap(),
+                Some(&mask.narrow(1, 0, step + 1).unwrap()),
+                Some(&mut cache),
+                false,
+            )
+            .unwrap();
+        let d = max_diff(
+            &model.logits(&h).unwrap(),
+            &full.narrow(1, step, 1).unwrap(),
+        );
+        assert!(d < 1e-5, "step {step}: {d}");
+    }
+    assert_eq!(cache.len(), 7);
+}
+
+#[test]
+fn left_padding_does_not_change_real_positions() {
+    let dev = Device::Cpu;
+    let model = Model::random(tiny(Architecture::Llama, true), 5, &dev, DType::F32).unwrap();
+    let alone = model
+        .logits(
+            &model
+                .forward(&ids(&[&[4, 2, 9]], &dev), None, None, false)
+                .unwrap(),
+        )
+        .unwrap();
+    let padded = model
+        .logits(
+            &model
+                .forward(
+                    &ids(&[&[0, 0, 4, 2, 9]], &dev),
+                    Some(&ids(&[&[0, 0, 1, 1, 1]], &dev)),
+                    None,
+                    false,
+                )
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(max_diff(&alone, &padded.narrow(1, 2, 3).unwrap()) < 1e-5);
+}
+
+#[test]
+fn save_and_load_round_trip() {
+    let dev = Device::Cpu;
+    let model = Model::random(tiny(Architecture::Qwen2, false), 9, &dev, DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let back = Model::load(dir.path(), &dev, DType::F32).unwrap();
+    let x = ids(&[&[1, 2, 3]], &dev);
+    let a = model
+        .logits(&model.forward(&x, None, None, false).unwrap())
+        .unwrap();
+    let b = back
+        .logits(&back.forward(&x, None, None, false).unwrap())
+        .unwrap();
+    assert_eq!(max_diff(&a, &b), 0.0);
+    assert_eq!(back.config.hidden_size, 8);
+}
