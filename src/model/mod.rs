@@ -6,11 +6,14 @@ pub mod config;
 pub mod decoder;
 pub mod gguf;
 mod ops;
+pub mod provision;
+pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{KvCache, Model};
+pub use tokenizer::TextTokenizer;
 
 /// Why a model could not be loaded, imported or run.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum ModelError {
     Candle { path: PathBuf, detail: String },
     #[error("model computation failed: {0}")]
     Compute(#[from] candle_core::Error),
+    #[error(transparent)]
+    Asset(#[from] crate::assets::AssetError),
 }
 
 impl ModelError {

@@ -19,10 +19,12 @@ pub fn apply_template(template: &str, prompt: &ChatPrompt) -> Result<String, Err
         },
     );
     env.add_template("chat", template)?;
-    let messages = [
-        context! { role => "system", content => &prompt.system },
-        context! { role => "user", content => &prompt.user },
-    ];
+    // An empty system message is left out, so the template can add its default one.
+    let mut messages = Vec::new();
+    if !prompt.system.is_empty() {
+        messages.push(context! { role => "system", content => &prompt.system });
+    }
+    messages.push(context! { role => "user", content => &prompt.user });
     env.get_template("chat")?.render(context! {
         messages => messages,
         add_generation_prompt => true,

@@ -1,0 +1,162 @@
+//! Generation: batched sampling from the decoder with a KV cache. Prompts of different lengths
+//! are left-padded into one batch; each row stops at an end-of-sequence token, at a stop string,
+//! or at the token limit. Returns token ids, text and the log-probability of every sampled token.
+
+pub mod sample;
+
+use candle_core::{Device, Tensor};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+pub use sample::Sampling;
+
+use crate::model::{KvCache, Model, ModelError, TextTokenizer};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateConfig {
+    pub max_new_tokens: usize,
+    /// 0 for greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Text that ends a completion (kept out of the returned text).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    Eos,
+    Stop,
+    Length,
+}
+
+/// One completion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// Sampled tokens, the end-of-sequence token included when there was one.
+    pub tokens: Vec<u32>,
+    /// Decoded text, cut before a stop string.
+    pub text: String,
+    /// log p(token) under the sampling distribution (tempered), one per token.
+    pub logprobs: Vec<f32>,
+    pub finish: Finish,
+}
+
+/// Generates one completion per prompt, all in one batch.
+pub fn generate(
+    model: &Model,
+    tokenizer: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) -> Result<Vec<Generation>, ModelError> {
+    let device = model.device().clone();
+    let sampling = Sampling {
+        temperature: config.temperature,
+        top_p: config.top_p,
+    };
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if b == 0 || width == 0 {
+        return Ok(prompts.iter().map(|_| empty()).collect());
+    }
+    let padded = prompts.iter().any(|p| p.len() < width);
+    let pad = tokenizer.pad_id();
+    let mut mask: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| [vec![0; width - p.len()], vec![1; p.len()]].concat())
+        .collect();
+    let ids: Vec<u32> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()))
+        .collect();
+    let mut cache = KvCache::default();
+    let mut input = Tensor::from_vec(ids, (b, width), &device)?;
+    let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
+    let mut active = vec![true; b];
+    for _ in 0..config.max_new_tokens {
+        let key_mask = match padded {
+            true => Some(mask_tensor(&mask, &device)?),
+            false => None,
+        };
+        let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
+        let t = hidden.dim(1)?;
+        let logits: Vec<Vec<f32>> = model
+            .logits(&hidden.narrow(1, t - 1, 1)?)?
+            .squeeze(1)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2()?;
+        let mut next = Vec::with_capacity(b);
+        for (row, logits) in logits.iter().enumerate() {
+            if !active[row] {
+                next.push(pad);
+                continue;
+            }
+            let (token, logprob) = sample::choose(logits, sampling, &mut rng);
+            let g = &mut out[row];
+            g.tokens.push(token);
+            g.logprobs.push(logprob);
+            if tokenizer.eos_ids().contains(&token) {
+                g.finish = Finish::Eos;
+                active[row] = false;
+            } else {
+                let text = tokenizer.decode(&g.tokens);
+                if config.stop.iter().any(|s| text.contains(s.as_str())) {
+                    g.finish = Finish::Stop;
+                    active[row] = false;
+                }
+            }
+            next.push(token);
+        }
+        // The next column holds real tokens for active rows; finished rows are ignored.
+        for m in &mut mask {
+            m.push(1);
+        }
+        if !active.iter().any(|a| *a) {
+            break;
+        }
+        input = Tensor::from_vec(next, (b, 1), &device)?;
+    }
+    for g in &mut out {
+        let text = tokenizer.decode(&g.tokens);
+        g.text = match config
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            Some(cut) if g.finish == Finish::Stop => text[..cut].to_string(),
+            _ => text,
+        };
+    }
+    Ok(out)
+}
+
+fn empty() -> Generation {
+    Generation {
+        tokens: Vec::new(),
+        text: String::new(),
+        logprobs: Vec::new(),
+        finish: Finish::Length,
+    }
+}
+
+fn mask_tensor(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
+    let cols = mask[0].len();
+    Tensor::from_vec(mask.concat(), (mask.len(), cols), device)
+}
