@@ -12,6 +12,28 @@ pub use sample::Sampling;
 
 use crate::model::{KvCache, Model, ModelError, TextTokenizer};
 
+/// What generation needs from a tokenizer.
+pub trait Vocabulary {
+    /// Text of `ids`, special tokens dropped.
+    fn decode(&self, ids: &[u32]) -> String;
+    /// Tokens that end a completion.
+    fn eos_ids(&self) -> &[u32];
+    /// Token placed in padding columns (never attended to).
+    fn pad_id(&self) -> u32;
+}
+
+impl Vocabulary for TextTokenizer {
+    fn decode(&self, ids: &[u32]) -> String {
+        TextTokenizer::decode(self, ids)
+    }
+    fn eos_ids(&self) -> &[u32] {
+        TextTokenizer::eos_ids(self)
+    }
+    fn pad_id(&self) -> u32 {
+        TextTokenizer::pad_id(self)
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateConfig {
@@ -60,7 +82,7 @@ pub struct Generation {
 /// Generates one completion per prompt, all in one batch.
 pub fn generate(
     model: &Model,
-    tokenizer: &TextTokenizer,
+    tokenizer: &dyn Vocabulary,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
 ) -> Result<Vec<Generation>, ModelError> {
@@ -160,3 +182,6 @@ fn mask_tensor(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor
     let cols = mask[0].len();
     Tensor::from_vec(mask.concat(), (mask.len(), cols), device)
 }
+
+#[cfg(test)]
+mod tests;

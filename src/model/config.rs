@@ -133,3 +133,27 @@ impl ModelConfig {
         }
     }
 }
+
+impl ModelConfig {
+    /// A tiny configuration for tests with random weights.
+    #[cfg(test)]
+    pub(crate) fn tiny(model_type: Architecture, tie_word_embeddings: bool) -> Self {
+        Self {
+            model_type,
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            vocab_size: 11,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings,
+            attention_bias: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            extra: Default::default(),
+        }
+    }
+}

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decoder;
 pub mod gguf;
+pub mod logprobs;
 mod ops;
 pub mod provision;
 pub mod tokenizer;

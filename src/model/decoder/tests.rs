@@ -6,23 +6,7 @@ use candle_core::D;
 use rand::RngExt;
 
 fn tiny(arch: Architecture, tied: bool) -> ModelConfig {
-    ModelConfig {
-        model_type: arch,
-        hidden_size: 8,
-        intermediate_size: 12,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        num_key_value_heads: 1,
-        vocab_size: 11,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 32,
-        tie_word_embeddings: tied,
-        attention_bias: false,
-        bos_token_id: None,
-        eos_token_id: None,
-        extra: Default::default(),
-    }
+    ModelConfig::tiny(arch, tied)
 }
 
 fn ids(rows: &[&[u32]], dev: &Device) -> Tensor {

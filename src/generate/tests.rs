@@ -1,0 +1,150 @@
+use candle_core::{DType, Device};
+
+use super::*;
+use crate::model::config::{Architecture, ModelConfig};
+use crate::model::logprobs::{completion_logprobs, Scored};
+
+/// Token i is the letter 'a' + i; token 10 ends a sequence; 0 pads.
+struct Letters;
+
+impl Vocabulary for Letters {
+    fn decode(&self, ids: &[u32]) -> String {
+        ids.iter()
+            .filter(|&&i| i != 10)
+            .map(|&i| (b'a' + i as u8) as char)
+            .collect()
+    }
+    fn eos_ids(&self) -> &[u32] {
+        &[10]
+    }
+    fn pad_id(&self) -> u32 {
+        0
+    }
+}
+
+fn model() -> Model {
+    Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        11,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![
+        vec![1, 2, 3],
+        vec![4],
+        vec![5, 6, 7, 8, 9],
+        vec![2, 2],
+        vec![9, 8, 7, 6],
+        vec![3],
+        vec![1, 4, 1, 5, 9, 2],
+        vec![6, 5],
+    ]
+}
+
+fn greedy(n: usize) -> GenerateConfig {
+    GenerateConfig {
+        max_new_tokens: n,
+        temperature: 0.0,
+        ..GenerateConfig::default()
+    }
+}
+
+#[test]
+fn greedy_output_is_the_same_alone_and_in_a_batch_of_eight() {
+    let model = model();
+    let batch = generate(&model, &Letters, &prompts(), &greedy(12)).unwrap();
+    for (prompt, together) in prompts().iter().zip(&batch) {
+        let alone = generate(&model, &Letters, std::slice::from_ref(prompt), &greedy(12))
+            .unwrap()
+            .remove(0);
+        assert_eq!(alone.tokens, together.tokens, "prompt {prompt:?}");
+        assert_eq!(alone.finish, together.finish);
+    }
+}
+
+#[test]
+fn sampled_log_probs_match_a_full_forward_pass() {
+    let model = model();
+    let config = GenerateConfig {
+        max_new_tokens: 10,
+        temperature: 0.7,
+        top_p: 0.9,
+        seed: 3,
+        stop: vec![],
+    };
+    let out = generate(&model, &Letters, &prompts(), &config).unwrap();
+    let prompts = prompts();
+    let scored: Vec<Scored> = prompts
+        .iter()
+        .zip(&out)
+        .map(|(p, g)| Scored {
+            prompt: p,
+            completion: &g.tokens,
+        })
+        .collect();
+    let sampled: Vec<f32> = out
+        .iter()
+        .flat_map(|g| g.logprobs.iter().copied())
+        .collect();
+    for grad in [false, true] {
+        let full: Vec<f32> = completion_logprobs(&model, &scored, 0.7, grad)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(full.len(), sampled.len());
+        for (i, (a, b)) in sampled.iter().zip(&full).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-4,
+                "token {i}: generation {a} vs forward {b} (grad {grad})"
+            );
+        }
+    }
+}
+
+#[test]
+fn generation_stops_at_eos_stop_strings_and_the_limit() {
+    let model = model();
+    let out = generate(&model, &Letters, &prompts(), &greedy(30)).unwrap();
+    for g in &out {
+        match g.finish {
+            Finish::Eos => assert_eq!(g.tokens.last(), Some(&10)),
+            Finish::Length => assert_eq!(g.tokens.len(), 30),
+            Finish::Stop => unreachable!("no stop strings given"),
+        }
+        assert_eq!(g.tokens.len(), g.logprobs.len());
+    }
+    // Stop at the first letter the first completion writes: its text is then empty.
+    let first = out[0].text.chars().next().expect("some text").to_string();
+    let stopped = generate(
+        &model,
+        &Letters,
+        &prompts()[..1],
+        &GenerateConfig {
+            stop: vec![first],
+            ..greedy(30)
+        },
+    )
+    .unwrap();
+    assert_eq!(stopped[0].finish, Finish::Stop);
+    assert_eq!(stopped[0].text, "");
+    assert_eq!(stopped[0].tokens.len(), 1);
+}
+
+#[test]
+fn same_seed_same_samples() {
+    let model = model();
+    let config = GenerateConfig {
+        max_new_tokens: 8,
+        temperature: 1.0,
+        top_p: 1.0,
+        seed: 9,
+        stop: vec![],
+    };
+    let a = generate(&model, &Letters, &prompts(), &config).unwrap();
+    let b = generate(&model, &Letters, &prompts(), &config).unwrap();
+    assert_eq!(a, b);
+}
