@@ -37,6 +37,9 @@ fn every_command_has_help() {
         vec!["buffer", "show", "--help"],
         vec!["buffer", "export", "--help"],
         vec!["buffer", "seed", "--help"],
+        vec!["model", "import", "--help"],
+        vec!["model", "info", "--help"],
+        vec!["generate", "--help"],
     ] {
         let out = azr(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
@@ -213,6 +216,50 @@ fn buffer_errors_say_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("use deduction, abduction or induction"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn model_commands_explain_bad_input() {
+    let out = azr(&["model", "info", "no-such-model"]);
+    assert_eq!(out.status.code(), Some(2));
+    let msg = text(&out);
+    assert!(
+        msg.contains("smollm2-135m-instruct") && msg.contains("known model name"),
+        "{msg}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = write(dir.path(), "junk.gguf", "not a gguf");
+    let out_dir = dir.path().join("imported");
+    let out = azr(&["model", "import", &junk, "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("not a readable GGUF"), "{}", text(&out));
+    assert!(!out_dir.exists(), "a failed import left a folder behind");
+
+    let out = azr(&["model", "info", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("no config.json"), "{}", text(&out));
+}
+
+#[test]
+fn generate_and_model_info_work_on_the_small_model() {
+    let out = azr(&["model", "info", "smollm2-135m-instruct"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("LlamaForCausalLM") && text(&out).contains("49152"));
+    let out = azr(&[
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--raw",
+        "--max-tokens",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Paris"),
         "{}",
         text(&out)
     );
