@@ -11,5 +11,6 @@ pub mod buffer;
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod rl;
 pub mod sandbox;
 pub mod tasks;
