@@ -3,3 +3,5 @@
 
 pub mod advantage;
 pub mod loss;
+pub mod optim;
+pub mod update;

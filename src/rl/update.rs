@@ -1,0 +1,178 @@
+//! One policy update from a batch of rollouts: advantages, then for each epoch the clipped loss
+//! over micro-batches with gradients summed across them, then one clipped AdamW step.
+
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Var};
+use serde::{Deserialize, Serialize};
+
+use super::advantage::{advantages, Estimator};
+use super::loss::{clipped_surrogate, Aggregation, LossConfig, LossStats};
+use super::optim::AdamW;
+use crate::model::logprobs::{completion_logprobs, Scored};
+use crate::model::Model;
+
+/// One sampled completion and what it earned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub prompt: Vec<u32>,
+    pub completion: Vec<u32>,
+    /// log p of each completion token at sampling time.
+    pub logprobs: Vec<f32>,
+    pub reward: f32,
+    /// The (task type x role) group, TRR++'s baseline key.
+    pub task_group: u64,
+    /// The prompt it answers, GRPO's baseline key.
+    pub prompt_group: u64,
+}
+
+/// `[rl]`
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    pub estimator: Estimator,
+    pub loss: LossConfig,
+    /// Sequences per forward/backward pass; bounds memory whatever the batch size.
+    pub micro_batch: usize,
+    /// Optimisation passes over each batch (each pass is one optimiser step).
+    pub epochs: usize,
+    /// Temperature the rollouts were sampled at (their log-probs are under logits / T).
+    pub temperature: f32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            estimator: Estimator::TrrPlusPlus,
+            loss: LossConfig::default(),
+            micro_batch: 4,
+            epochs: 1,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// What an update did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UpdateMetrics {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub clip_frac_low: f64,
+    pub clip_frac_high: f64,
+    pub approx_kl: f64,
+    pub reward_mean: f64,
+    pub advantage_mean: f64,
+    pub advantage_std: f64,
+    pub tokens: usize,
+    pub tokens_per_sec: f64,
+}
+
+fn mean_std(xs: &[f32]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// Adds `grads` of `params` into `total`.
+fn accumulate(total: &mut Option<GradStore>, grads: GradStore, params: &[&Var]) -> Result<()> {
+    let Some(total) = total else {
+        *total = Some(grads);
+        return Ok(());
+    };
+    for p in params {
+        if let Some(g) = grads.get(p) {
+            let sum = match total.get(p) {
+                Some(t) => (t + g)?,
+                None => g.clone(),
+            };
+            total.insert(p, sum);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one update of `model` on `rollouts`. Rollouts with empty completions carry no tokens
+/// and are skipped (their rewards still shape the advantages of the others).
+pub fn update(
+    model: &Model,
+    optimizer: &mut AdamW,
+    rollouts: &[Rollout],
+    config: &UpdateConfig,
+) -> Result<UpdateMetrics> {
+    let started = Instant::now();
+    let rewards: Vec<f32> = rollouts.iter().map(|r| r.reward).collect();
+    let task_groups: Vec<u64> = rollouts.iter().map(|r| r.task_group).collect();
+    let prompt_groups: Vec<u64> = rollouts.iter().map(|r| r.prompt_group).collect();
+    let adv = advantages(config.estimator, &rewards, &task_groups, &prompt_groups);
+    let live: Vec<usize> = (0..rollouts.len())
+        .filter(|&i| !rollouts[i].completion.is_empty())
+        .collect();
+    let tokens: usize = live.iter().map(|&i| rollouts[i].completion.len()).sum();
+    let normaliser = match config.loss.aggregation {
+        Aggregation::TokenMean => tokens,
+        Aggregation::SequenceMean => live.len(),
+    };
+    let named = model.named_vars();
+    let params: Vec<&Var> = named.iter().map(|(_, v)| *v).collect();
+    let (reward_mean, _) = mean_std(&rewards);
+    let (advantage_mean, advantage_std) = mean_std(&adv);
+    let mut metrics = UpdateMetrics {
+        reward_mean,
+        advantage_mean,
+        advantage_std,
+        tokens,
+        ..Default::default()
+    };
+    if live.is_empty() {
+        return Ok(metrics);
+    }
+    let mut stats = LossStats::default();
+    for _ in 0..config.epochs.max(1) {
+        let mut grads: Option<GradStore> = None;
+        let mut loss_sum = 0f64;
+        for chunk in live.chunks(config.micro_batch.max(1)) {
+            let batch: Vec<Scored> = chunk
+                .iter()
+                .map(|&i| Scored {
+                    prompt: &rollouts[i].prompt,
+                    completion: &rollouts[i].completion,
+                })
+                .collect();
+            let logp = completion_logprobs(model, &batch, config.temperature, true)?;
+            let old: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| rollouts[i].logprobs.iter().copied())
+                .collect();
+            let token_adv: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| std::iter::repeat_n(adv[i], rollouts[i].completion.len()))
+                .collect();
+            let lengths: Vec<usize> = chunk
+                .iter()
+                .map(|&i| rollouts[i].completion.len())
+                .collect();
+            let (loss, s) =
+                clipped_surrogate(&logp, &old, &token_adv, &lengths, normaliser, &config.loss)?;
+            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            stats += s;
+            // Backward per micro-batch frees its graph before the next forward.
+            accumulate(&mut grads, loss.backward()?, &params)?;
+        }
+        metrics.lr = optimizer.config.lr_at(optimizer.step);
+        metrics.grad_norm = optimizer.step(grads.as_ref().expect("at least one micro-batch"))?;
+        metrics.loss = loss_sum;
+    }
+    let counted = stats.tokens.max(1) as f64;
+    metrics.clip_frac_low = stats.clipped_low as f64 / counted;
+    metrics.clip_frac_high = stats.clipped_high as f64 / counted;
+    metrics.approx_kl = stats.approx_kl / counted;
+    metrics.tokens_per_sec =
+        (tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();
+    Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests;
