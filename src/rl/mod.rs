@@ -2,6 +2,7 @@
 //! optimiser step on the model's weights.
 
 pub mod advantage;
+pub mod checkpoint;
 pub mod loss;
 pub mod optim;
 pub mod update;

@@ -1,0 +1,173 @@
+use super::*;
+use crate::generate::{generate, GenerateConfig, Vocabulary};
+use crate::model::config::{Architecture, ModelConfig};
+use crate::rl::update::{update, Rollout, UpdateConfig};
+
+struct Digits;
+
+impl Vocabulary for Digits {
+    fn decode(&self, ids: &[u32]) -> String {
+        ids.iter().map(|i| i.to_string()).collect()
+    }
+    fn eos_ids(&self) -> &[u32] {
+        &[10]
+    }
+    fn pad_id(&self) -> u32 {
+        0
+    }
+}
+
+const SEED: u64 = 77;
+
+fn fresh() -> (Model, AdamW) {
+    let model = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        5,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let params = model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    (model, AdamW::new(params, optim()).unwrap())
+}
+
+fn optim() -> OptimConfig {
+    OptimConfig {
+        lr: 0.02,
+        ..Default::default()
+    }
+}
+
+/// One self-play-like step: sample with the step's seed, reward token 3, update.
+fn train_step(model: &Model, optimizer: &mut AdamW, step: u64) {
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| vec![1 + i as u32, 2]).collect();
+    let sampling = GenerateConfig {
+        max_new_tokens: 3,
+        temperature: 1.0,
+        top_p: 1.0,
+        seed: step_seed(SEED, step),
+        stop: vec![],
+    };
+    let rollouts: Vec<Rollout> = generate(model, &Digits, &prompts, &sampling)
+        .unwrap()
+        .into_iter()
+        .zip(&prompts)
+        .map(|(g, p)| Rollout {
+            reward: g.tokens.iter().filter(|&&t| t == 3).count() as f32,
+            prompt: p.clone(),
+            completion: g.tokens,
+            logprobs: g.logprobs,
+            task_group: 0,
+            prompt_group: 0,
+        })
+        .collect();
+    update(
+        model,
+        optimizer,
+        &rollouts,
+        &UpdateConfig {
+            micro_batch: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+fn weights(model: &Model) -> Vec<Vec<f32>> {
+    model
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+fn state(step: u64, optimizer: &AdamW) -> TrainState {
+    TrainState {
+        step,
+        optimizer_step: optimizer.step,
+        seed: SEED,
+        config: serde_json::json!({"lr": 0.02}),
+    }
+}
+
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
+    let (model, mut optimizer) = fresh();
+    for step in 0..4 {
+        train_step(&model, &mut optimizer, step);
+    }
+    let uninterrupted = weights(&model);
+
+    let root = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let (model, mut optimizer) = fresh();
+    for step in 0..3 {
+        train_step(&model, &mut optimizer, step);
+    }
+    save(
+        root.path(),
+        base.path(),
+        &model,
+        &optimizer,
+        &state(3, &optimizer),
+        2,
+    )
+    .unwrap();
+    drop((model, optimizer));
+
+    let (model, mut optimizer, restored) = load(
+        &latest(root.path()).unwrap(),
+        &Device::Cpu,
+        DType::F32,
+        optim(),
+    )
+    .unwrap();
+    assert_eq!(restored.step, 3);
+    assert_eq!(optimizer.step, 3);
+    train_step(&model, &mut optimizer, restored.step);
+    assert_eq!(
+        weights(&model),
+        uninterrupted,
+        "resumed weights differ from an uninterrupted run"
+    );
+}
+
+#[test]
+fn keeps_the_last_n_and_ignores_half_written_ones() {
+    let (model, optimizer) = fresh();
+    let root = tempfile::tempdir().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    std::fs::write(base.path().join("tokenizer.json"), "{}").unwrap();
+    for step in [1, 2, 3] {
+        save(
+            root.path(),
+            base.path(),
+            &model,
+            &optimizer,
+            &state(step, &optimizer),
+            2,
+        )
+        .unwrap();
+    }
+    let steps: Vec<u64> = list(root.path()).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [2, 3]);
+    assert!(latest(root.path())
+        .unwrap()
+        .join("tokenizer.json")
+        .is_file());
+    // A crash mid-write leaves a temp folder (and maybe a step folder without state.json).
+    std::fs::create_dir_all(root.path().join(".step-00000004.tmp")).unwrap();
+    std::fs::create_dir_all(root.path().join("step-00000005")).unwrap();
+    assert!(latest(root.path()).unwrap().ends_with("step-00000003"));
+}
+
+#[test]
+fn step_seeds_differ_and_are_stable() {
+    assert_ne!(step_seed(1, 0), step_seed(1, 1));
+    assert_ne!(step_seed(1, 0), step_seed(2, 0));
+    assert_eq!(step_seed(1, 5), step_seed(1, 5));
+}
