@@ -14,6 +14,13 @@ pub struct Scored<'a> {
     pub completion: &'a [u32],
 }
 
+/// Per-token log-probs of the completions and, when asked, the entropy of each token's
+/// distribution; both (sum of completion lengths,), in sequence order.
+pub struct TokenScores {
+    pub logprobs: Tensor,
+    pub entropy: Option<Tensor>,
+}
+
 /// Positions per chunk of the LM head + log-softmax.
 const CHUNK: usize = 128;
 
@@ -26,6 +33,17 @@ pub fn completion_logprobs(
     temperature: f32,
     grad: bool,
 ) -> candle_core::Result<Tensor> {
+    Ok(score(model, batch, temperature, grad, false)?.logprobs)
+}
+
+/// [`completion_logprobs`] plus, with `entropy`, each position's entropy under logits / T.
+pub fn score(
+    model: &Model,
+    batch: &[Scored],
+    temperature: f32,
+    grad: bool,
+    entropy: bool,
+) -> candle_core::Result<TokenScores> {
     let device = model.device();
     let width = batch
         .iter()
@@ -54,7 +72,11 @@ pub fn completion_logprobs(
         }
     }
     if targets.is_empty() {
-        return Tensor::zeros(0, DType::F32, device);
+        let empty = Tensor::zeros(0, DType::F32, device)?;
+        return Ok(TokenScores {
+            entropy: entropy.then(|| empty.clone()),
+            logprobs: empty,
+        });
     }
     let ids = Tensor::from_vec(ids, (batch.len(), width), device)?;
     let mask = Tensor::from_vec(mask, (batch.len(), width), device)?;
@@ -73,16 +95,26 @@ pub fn completion_logprobs(
         1.0
     };
     let mut chunks = Vec::new();
+    let mut entropies = Vec::new();
     for start in (0..targets.len()).step_by(CHUNK) {
         let n = CHUNK.min(targets.len() - start);
         let logits = (rows
             .narrow(0, start, n)?
             .matmul(&head.t()?)?
-            .to_dtype(DType::F32)?
+            .to_dtype(super::ops::accumulate_dtype(model.dtype()))?
             / t)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let target = Tensor::new(&targets[start..start + n], device)?.unsqueeze(1)?;
         chunks.push(logp.gather(&target, 1)?.squeeze(1)?);
+        if entropy {
+            entropies.push((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?);
+        }
     }
-    Tensor::cat(&chunks, 0)
+    Ok(TokenScores {
+        logprobs: Tensor::cat(&chunks, 0)?,
+        entropy: match entropy {
+            true => Some(Tensor::cat(&entropies, 0)?),
+            false => None,
+        },
+    })
 }

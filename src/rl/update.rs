@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::advantage::{advantages, Estimator};
 use super::loss::{clipped_surrogate, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
-use crate::model::logprobs::{completion_logprobs, Scored};
+use crate::model::logprobs::{score, Scored};
 use crate::model::Model;
 
 /// One sampled completion and what it earned.
@@ -39,6 +39,8 @@ pub struct UpdateConfig {
     pub epochs: usize,
     /// Temperature the rollouts were sampled at (their log-probs are under logits / T).
     pub temperature: f32,
+    /// Weight of the entropy bonus (0 = off, as in AZR); the loss subtracts coef x mean entropy.
+    pub entropy_coef: f64,
 }
 
 impl Default for UpdateConfig {
@@ -49,6 +51,7 @@ impl Default for UpdateConfig {
             micro_batch: 4,
             epochs: 1,
             temperature: 1.0,
+            entropy_coef: 0.0,
         }
     }
 }
@@ -65,8 +68,64 @@ pub struct UpdateMetrics {
     pub reward_mean: f64,
     pub advantage_mean: f64,
     pub advantage_std: f64,
+    /// Mean entropy of the policy over the batch's tokens.
+    pub entropy: f64,
+    /// Reward and advantage statistics per (task type x role) group.
+    pub groups: Vec<GroupMetrics>,
     pub tokens: usize,
     pub tokens_per_sec: f64,
+    /// Peak resident memory of the process so far, in MiB (Linux; 0 elsewhere).
+    pub peak_rss_mb: f64,
+}
+
+/// Statistics of one (task type x role) group of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupMetrics {
+    pub group: u64,
+    pub count: usize,
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    pub advantage_mean: f64,
+    pub advantage_std: f64,
+}
+
+fn group_metrics(rewards: &[f32], adv: &[f32], groups: &[u64]) -> Vec<GroupMetrics> {
+    let mut ids: Vec<u64> = groups.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .map(|group| {
+            let pick = |xs: &[f32]| -> Vec<f32> {
+                xs.iter()
+                    .zip(groups)
+                    .filter(|(_, g)| **g == group)
+                    .map(|(x, _)| *x)
+                    .collect()
+            };
+            let (reward_mean, reward_std) = mean_std(&pick(rewards));
+            let (advantage_mean, advantage_std) = mean_std(&pick(adv));
+            GroupMetrics {
+                group,
+                count: groups.iter().filter(|g| **g == group).count(),
+                reward_mean,
+                reward_std,
+                advantage_mean,
+                advantage_std,
+            }
+        })
+        .collect()
+}
+
+/// Peak resident set size (VmHWM) in MiB, from /proc on Linux.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn mean_std(xs: &[f32]) -> (f64, f64) {
@@ -123,6 +182,7 @@ pub fn update(
         reward_mean,
         advantage_mean,
         advantage_std,
+        groups: group_metrics(&rewards, &adv, &task_groups),
         tokens,
         ..Default::default()
     };
@@ -130,6 +190,7 @@ pub fn update(
         return Ok(metrics);
     }
     let mut stats = LossStats::default();
+    let mut entropy_sum = 0f64;
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0f64;
@@ -141,7 +202,9 @@ pub fn update(
                     completion: &rollouts[i].completion,
                 })
                 .collect();
-            let logp = completion_logprobs(model, &batch, config.temperature, true)?;
+            let scores = score(model, &batch, config.temperature, true, true)?;
+            let logp = scores.logprobs;
+            let entropy = scores.entropy.expect("entropy was asked for");
             let old: Vec<f32> = chunk
                 .iter()
                 .flat_map(|&i| rollouts[i].logprobs.iter().copied())
@@ -154,8 +217,16 @@ pub fn update(
                 .iter()
                 .map(|&i| rollouts[i].completion.len())
                 .collect();
-            let (loss, s) =
+            let (mut loss, s) =
                 clipped_surrogate(&logp, &old, &token_adv, &lengths, normaliser, &config.loss)?;
+            entropy_sum += entropy
+                .to_dtype(candle_core::DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+            if config.entropy_coef != 0.0 {
+                let bonus = (entropy.sum_all()? * (config.entropy_coef / tokens as f64))?;
+                loss = (&loss - bonus.to_dtype(loss.dtype())?)?;
+            }
             loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             stats += s;
             // Backward per micro-batch frees its graph before the next forward.
@@ -169,6 +240,8 @@ pub fn update(
     metrics.clip_frac_low = stats.clipped_low as f64 / counted;
     metrics.clip_frac_high = stats.clipped_high as f64 / counted;
     metrics.approx_kl = stats.approx_kl / counted;
+    metrics.entropy = entropy_sum / counted;
+    metrics.peak_rss_mb = peak_rss_mb();
     metrics.tokens_per_sec =
         (tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();
     Ok(metrics)

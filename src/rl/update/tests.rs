@@ -3,6 +3,8 @@ use candle_core::{DType, Device};
 use super::*;
 use crate::generate::{generate, GenerateConfig, Vocabulary};
 use crate::model::config::{Architecture, ModelConfig};
+use crate::rl::advantage::advantages;
+use crate::rl::loss::clipped_surrogate;
 use crate::rl::optim::OptimConfig;
 
 struct Digits;
@@ -147,4 +149,176 @@ fn micro_batching_does_not_change_the_update() {
     for (a, b) in whole.iter().zip(&split) {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
+}
+
+fn fixed_rollouts() -> Vec<Rollout> {
+    (0..6)
+        .map(|i| Rollout {
+            prompt: vec![1, 2 + i as u32],
+            completion: [3, 4, 5][..1 + i % 3].to_vec(),
+            logprobs: vec![-2.3; 1 + i % 3],
+            reward: (i % 2) as f32,
+            task_group: (i % 2) as u64,
+            prompt_group: 0,
+        })
+        .collect()
+}
+
+/// The loss `update` minimises, for one micro-batch holding the whole batch.
+fn batch_loss(model: &Model, rollouts: &[Rollout], config: &UpdateConfig) -> candle_core::Tensor {
+    let rewards: Vec<f32> = rollouts.iter().map(|r| r.reward).collect();
+    let groups: Vec<u64> = rollouts.iter().map(|r| r.task_group).collect();
+    let adv = advantages(config.estimator, &rewards, &groups, &groups);
+    let batch: Vec<Scored> = rollouts
+        .iter()
+        .map(|r| Scored {
+            prompt: &r.prompt,
+            completion: &r.completion,
+        })
+        .collect();
+    let logp = score(model, &batch, 1.0, true, false).unwrap().logprobs;
+    let old: Vec<f32> = rollouts.iter().flat_map(|r| r.logprobs.clone()).collect();
+    let token_adv: Vec<f32> = rollouts
+        .iter()
+        .zip(&adv)
+        .flat_map(|(r, a)| vec![*a; r.completion.len()])
+        .collect();
+    let lengths: Vec<usize> = rollouts.iter().map(|r| r.completion.len()).collect();
+    let tokens = lengths.iter().sum();
+    clipped_surrogate(&logp, &old, &token_adv, &lengths, tokens, &config.loss)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn clipped_loss_gradient_matches_finite_differences_through_the_model() {
+    let model = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        8,
+        &Device::Cpu,
+        DType::F64,
+    )
+    .unwrap();
+    let rollouts = fixed_rollouts();
+    let config = UpdateConfig::default();
+    let grads = batch_loss(&model, &rollouts, &config).backward().unwrap();
+    let eval = || {
+        batch_loss(&model, &rollouts, &config)
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    for (name, var) in model.named_vars().into_iter().step_by(3) {
+        let grad: Vec<f64> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let mut values: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
+        let i = values.len() / 2;
+        let h = 1e-6;
+        values[i] += h;
+        var.set(
+            &candle_core::Tensor::from_vec(values.clone(), original.shape(), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let up = eval();
+        values[i] -= 2.0 * h;
+        var.set(&candle_core::Tensor::from_vec(values, original.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        let down = eval();
+        var.set(&original).unwrap();
+        let numeric = (up - down) / (2.0 * h);
+        let err = (numeric - grad[i]).abs() / numeric.abs().max(grad[i].abs()).max(1e-3);
+        assert!(
+            err < 1e-5,
+            "{name}: analytic {} vs numeric {numeric}",
+            grad[i]
+        );
+    }
+}
+
+#[test]
+fn metrics_cover_groups_entropy_and_memory() {
+    let model = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        8,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let params = model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut optimizer = AdamW::new(params, OptimConfig::default()).unwrap();
+    let m = update(
+        &model,
+        &mut optimizer,
+        &fixed_rollouts(),
+        &UpdateConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(m.groups.len(), 2);
+    assert_eq!((m.groups[0].count, m.groups[0].reward_mean), (3, 0.0));
+    assert_eq!((m.groups[1].count, m.groups[1].reward_mean), (3, 1.0));
+    // Each group's rewards are equal, so TRR++ gives every advantage 0.
+    assert!(m
+        .groups
+        .iter()
+        .all(|g| g.advantage_mean.abs() < 1e-9 && g.advantage_std < 1e-9));
+    assert!(
+        m.entropy > 0.0 && m.entropy <= (11f64).ln() + 1e-6,
+        "{}",
+        m.entropy
+    );
+    assert!(m.peak_rss_mb > 1.0);
+    assert_eq!(m.tokens, 12);
+}
+
+#[test]
+fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
+    // A random model starts near the maximum, ln 11: compare a bonus with a penalty.
+    let after = |coef: f64| {
+        let model = Model::random(
+            ModelConfig::tiny(Architecture::Qwen2, false),
+            8,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let params = model
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut optimizer = AdamW::new(
+            params,
+            OptimConfig {
+                lr: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let config = UpdateConfig {
+            entropy_coef: coef,
+            ..Default::default()
+        };
+        (0..10)
+            .map(|_| {
+                update(&model, &mut optimizer, &fixed_rollouts(), &config)
+                    .unwrap()
+                    .entropy
+            })
+            .last()
+            .unwrap()
+    };
+    let (bonus, none, penalty) = (after(1.0), after(0.0), after(-1.0));
+    assert!(
+        bonus > none && none > penalty + 0.1,
+        "bonus {bonus}, none {none}, penalty {penalty}"
+    );
 }
