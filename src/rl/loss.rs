@@ -26,6 +26,9 @@ pub struct LossConfig {
     /// Ratio clip above 1 (DAPO's clip-higher): ratios over 1 + clip_high stop pushing up.
     pub clip_high: f32,
     pub aggregation: Aggregation,
+    /// Weight of the KL penalty to the frozen reference (0 = off, as in AZR). When on, rollouts
+    /// must carry the reference's log-probs.
+    pub kl_coef: f64,
 }
 
 impl Default for LossConfig {
@@ -34,6 +37,7 @@ impl Default for LossConfig {
             clip_low: 0.2,
             clip_high: 0.28,
             aggregation: Aggregation::TokenMean,
+            kl_coef: 0.0,
         }
     }
 }
@@ -81,15 +85,7 @@ pub fn clipped_surrogate(
     let clipped =
         (ratio.clamp(1.0 - config.clip_low as f64, 1.0 + config.clip_high as f64)? * &adv)?;
     let per_token = unclipped.minimum(&clipped)?.neg()?;
-    let weights: Vec<f32> = match config.aggregation {
-        Aggregation::TokenMean => vec![1.0 / normaliser as f32; n],
-        Aggregation::SequenceMean => lengths
-            .iter()
-            .flat_map(|&len| std::iter::repeat_n(1.0 / (len as f32 * normaliser as f32), len))
-            .collect(),
-    };
-    let weights = Tensor::new(weights.as_slice(), device)?.to_dtype(logp.dtype())?;
-    let loss = (per_token * weights)?.sum_all()?;
+    let loss = aggregate(&per_token, lengths, normaliser, config.aggregation)?;
 
     let r: Vec<f32> = ratio.to_dtype(DType::F32)?.to_vec1()?;
     let mut stats = LossStats {
@@ -102,6 +98,50 @@ pub fn clipped_surrogate(
         stats.approx_kl += (r as f64 - 1.0) - (r as f64).ln();
     }
     Ok((loss, stats))
+}
+
+/// Sums per-token values (n,) with each token's aggregation weight: 1 / normaliser per token
+/// (token-mean), or 1 / (length x normaliser) (sequence-mean).
+fn aggregate(
+    per_token: &Tensor,
+    lengths: &[usize],
+    normaliser: usize,
+    aggregation: Aggregation,
+) -> Result<Tensor> {
+    let n = per_token.dim(0)?;
+    let weights: Vec<f32> = match aggregation {
+        Aggregation::TokenMean => vec![1.0 / normaliser as f32; n],
+        Aggregation::SequenceMean => lengths
+            .iter()
+            .flat_map(|&len| std::iter::repeat_n(1.0 / (len as f32 * normaliser as f32), len))
+            .collect(),
+    };
+    let weights =
+        Tensor::new(weights.as_slice(), per_token.device())?.to_dtype(per_token.dtype())?;
+    (per_token * weights)?.sum_all()
+}
+
+/// KL penalty to a frozen reference, aggregated like the surrogate: the k3 estimator of
+/// KL(policy || reference) per token, exp(ref - logp) - (ref - logp) - 1 (non-negative,
+/// unbiased; Schulman 2020). Returns the term and the sum of per-token KLs.
+pub fn kl_penalty(
+    logp: &Tensor,
+    ref_logp: &[f32],
+    lengths: &[usize],
+    normaliser: usize,
+    aggregation: Aggregation,
+) -> Result<(Tensor, f64)> {
+    let reference = Tensor::new(ref_logp, logp.device())?.to_dtype(logp.dtype())?;
+    let diff = (reference - logp)?;
+    let per_token = ((diff.exp()? - &diff)? - 1.0)?;
+    let total = per_token
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok((
+        aggregate(&per_token, lengths, normaliser, aggregation)?,
+        total,
+    ))
 }
 
 #[cfg(test)]
@@ -226,5 +266,30 @@ mod tests {
         .0;
         let sum = (a + b).unwrap().to_scalar::<f32>().unwrap();
         assert!((sum - whole.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kl_penalty_is_zero_at_the_reference_and_its_gradient_is_right() {
+        let values = [-1.0f64, -0.5, -2.0];
+        let reference = [-1.0f32, -0.5, -2.0];
+        let t = Tensor::new(&values, &Device::Cpu).unwrap();
+        let (term, total) = kl_penalty(&t, &reference, &[3], 3, Aggregation::TokenMean).unwrap();
+        assert!(term.to_scalar::<f64>().unwrap().abs() < 1e-12 && total.abs() < 1e-12);
+        // Away from the reference: positive, with d/dlogp = (1 - exp(ref - logp)) / n.
+        let far = [-1.5f32, 0.0, -2.0];
+        let var = Var::new(&values, &Device::Cpu).unwrap();
+        let (term, total) = kl_penalty(&var, &far, &[3], 3, Aggregation::TokenMean).unwrap();
+        assert!(total > 0.0);
+        let grad: Vec<f64> = term
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for ((g, v), r) in grad.iter().zip(values).zip(far) {
+            let expected = (1.0 - (r as f64 - v).exp()) / 3.0;
+            assert!((g - expected).abs() < 1e-6, "{g} vs {expected}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{Result, Var};
 use serde::{Deserialize, Serialize};
 
 use super::advantage::{advantages, Estimator};
-use super::loss::{clipped_surrogate, Aggregation, LossConfig, LossStats};
+use super::loss::{clipped_surrogate, kl_penalty, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
 use crate::model::logprobs::{score, Scored};
 use crate::model::Model;
@@ -20,6 +20,10 @@ pub struct Rollout {
     pub completion: Vec<u32>,
     /// log p of each completion token at sampling time.
     pub logprobs: Vec<f32>,
+    /// log p of each completion token under the frozen reference; empty unless the KL
+    /// penalty is on.
+    #[serde(default)]
+    pub ref_logprobs: Vec<f32>,
     pub reward: f32,
     /// The (task type x role) group, TRR++'s baseline key.
     pub task_group: u64,
@@ -70,6 +74,8 @@ pub struct UpdateMetrics {
     pub advantage_std: f64,
     /// Mean entropy of the policy over the batch's tokens.
     pub entropy: f64,
+    /// Mean per-token KL(policy || reference), when the KL penalty is on.
+    pub kl_to_reference: f64,
     /// Reward and advantage statistics per (task type x role) group.
     pub groups: Vec<GroupMetrics>,
     pub tokens: usize,
@@ -153,6 +159,38 @@ fn accumulate(total: &mut Option<GradStore>, grads: GradStore, params: &[&Var]) 
     Ok(())
 }
 
+/// Fills each rollout's `ref_logprobs` from a frozen reference model (no gradients, in
+/// micro-batches). Load the reference in bf16 to hold it in half the policy's f32 memory.
+pub fn reference_logprobs(
+    reference: &Model,
+    rollouts: &mut [Rollout],
+    config: &UpdateConfig,
+) -> Result<()> {
+    let live: Vec<usize> = (0..rollouts.len())
+        .filter(|&i| !rollouts[i].completion.is_empty())
+        .collect();
+    for chunk in live.chunks(config.micro_batch.max(1)) {
+        let batch: Vec<Scored> = chunk
+            .iter()
+            .map(|&i| Scored {
+                prompt: &rollouts[i].prompt,
+                completion: &rollouts[i].completion,
+            })
+            .collect();
+        let logp: Vec<f32> = score(reference, &batch, config.temperature, false, false)?
+            .logprobs
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let mut offset = 0;
+        for &i in chunk {
+            let n = rollouts[i].completion.len();
+            rollouts[i].ref_logprobs = logp[offset..offset + n].to_vec();
+            offset += n;
+        }
+    }
+    Ok(())
+}
+
 /// Runs one update of `model` on `rollouts`. Rollouts with empty completions carry no tokens
 /// and are skipped (their rewards still shape the advantages of the others).
 pub fn update(
@@ -191,6 +229,20 @@ pub fn update(
     }
     let mut stats = LossStats::default();
     let mut entropy_sum = 0f64;
+    let mut kl_sum = 0f64;
+    if config.loss.kl_coef != 0.0 {
+        if let Some(&i) = live
+            .iter()
+            .find(|&&i| rollouts[i].ref_logprobs.len() != rollouts[i].completion.len())
+        {
+            candle_core::bail!(
+                "the KL penalty is on (rl.loss.kl_coef = {}) but rollout {i} has {} reference log-probs for {} tokens",
+                config.loss.kl_coef,
+                rollouts[i].ref_logprobs.len(),
+                rollouts[i].completion.len()
+            );
+        }
+    }
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0f64;
@@ -223,6 +275,21 @@ pub fn update(
                 .to_dtype(candle_core::DType::F64)?
                 .sum_all()?
                 .to_scalar::<f64>()?;
+            if config.loss.kl_coef != 0.0 {
+                let reference: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| rollouts[i].ref_logprobs.iter().copied())
+                    .collect();
+                let (kl, total) = kl_penalty(
+                    &logp,
+                    &reference,
+                    &lengths,
+                    normaliser,
+                    config.loss.aggregation,
+                )?;
+                kl_sum += total;
+                loss = (&loss + (kl * config.loss.kl_coef)?)?;
+            }
             if config.entropy_coef != 0.0 {
                 let bonus = (entropy.sum_all()? * (config.entropy_coef / tokens as f64))?;
                 loss = (&loss - bonus.to_dtype(loss.dtype())?)?;
@@ -241,6 +308,7 @@ pub fn update(
     metrics.clip_frac_high = stats.clipped_high as f64 / counted;
     metrics.approx_kl = stats.approx_kl / counted;
     metrics.entropy = entropy_sum / counted;
+    metrics.kl_to_reference = kl_sum / counted;
     metrics.peak_rss_mb = peak_rss_mb();
     metrics.tokens_per_sec =
         (tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();

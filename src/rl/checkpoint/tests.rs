@@ -61,6 +61,7 @@ fn train_step(model: &Model, optimizer: &mut AdamW, step: u64) {
             prompt: p.clone(),
             completion: g.tokens,
             logprobs: g.logprobs,
+            ref_logprobs: vec![],
             task_group: 0,
             prompt_group: 0,
         })

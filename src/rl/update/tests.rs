@@ -70,6 +70,7 @@ fn learn(estimator: Estimator) -> (f32, f32) {
                 prompt: p.clone(),
                 completion: g.tokens,
                 logprobs: g.logprobs,
+                ref_logprobs: vec![],
                 task_group: 0,
                 prompt_group: (i % 4) as u64,
             })
@@ -127,6 +128,7 @@ fn micro_batching_does_not_change_the_update() {
                 prompt: vec![1, 2 + i as u32],
                 completion: vec![3, 4, 5][..1 + i % 3].to_vec(),
                 logprobs: vec![-2.0; 1 + i % 3],
+                ref_logprobs: vec![],
                 reward: (i % 2) as f32,
                 task_group: 0,
                 prompt_group: 0,
@@ -157,6 +159,7 @@ fn fixed_rollouts() -> Vec<Rollout> {
             prompt: vec![1, 2 + i as u32],
             completion: [3, 4, 5][..1 + i % 3].to_vec(),
             logprobs: vec![-2.3; 1 + i % 3],
+            ref_logprobs: vec![],
             reward: (i % 2) as f32,
             task_group: (i % 2) as u64,
             prompt_group: 0,
@@ -320,5 +323,82 @@ fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
     assert!(
         bonus > none && none > penalty + 0.1,
         "bonus {bonus}, none {none}, penalty {penalty}"
+    );
+}
+
+#[test]
+fn the_kl_penalty_needs_reference_log_probs_and_holds_the_policy_near_the_reference() {
+    let config = |kl_coef| UpdateConfig {
+        loss: crate::rl::loss::LossConfig {
+            kl_coef,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tiny = || {
+        Model::random(
+            ModelConfig::tiny(Architecture::Qwen2, false),
+            8,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
+    };
+    let reference = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        8,
+        &Device::Cpu,
+        DType::BF16,
+    )
+    .unwrap();
+    let model = tiny();
+    let params = model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut optimizer = AdamW::new(
+        params,
+        OptimConfig {
+            lr: 0.02,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = update(&model, &mut optimizer, &fixed_rollouts(), &config(0.5)).unwrap_err();
+    assert!(err.to_string().contains("reference log-probs"), "{err}");
+
+    let drift = |kl_coef: f64| {
+        let model = tiny();
+        let params = model
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut optimizer = AdamW::new(
+            params,
+            OptimConfig {
+                lr: 0.02,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // One group, alternating rewards: advantages of +-1 pull the policy away.
+        let mut rollouts = fixed_rollouts();
+        rollouts.iter_mut().for_each(|r| r.task_group = 0);
+        reference_logprobs(&reference, &mut rollouts, &config(kl_coef)).unwrap();
+        let mut kl = 0.0;
+        for _ in 0..15 {
+            kl = update(&model, &mut optimizer, &rollouts, &config(kl_coef))
+                .unwrap()
+                .kl_to_reference;
+        }
+        kl
+    };
+    // kl_to_reference is only measured when the penalty is on: compare a weak and a strong one.
+    let (weak, strong) = (drift(1e-6), drift(5.0));
+    assert!(
+        strong < weak * 0.7,
+        "KL with a strong penalty {strong} vs weak {weak}"
     );
 }
