@@ -7,14 +7,111 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::buffer::Weighting;
+use crate::rl::optim::OptimConfig;
+use crate::rl::update::UpdateConfig;
 use crate::sandbox::Limits;
+use crate::tasks::reward::RewardConfig;
 
 /// The whole configuration of an `azr` command.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The run: model, seed, checkpoints, validation.
+    pub run: RunConfig,
+    /// Self-play batch sizes and sampling.
+    pub selfplay: SelfplayConfig,
+    /// The policy update (`[rl]`, `[rl.loss]`).
+    pub rl: UpdateConfig,
+    /// The optimiser and its schedule.
+    pub optim: OptimConfig,
+    /// Reward values.
+    pub reward: RewardConfig,
     /// Limits and policy of the Python sandbox.
     pub sandbox: SandboxConfig,
+}
+
+/// `[run]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The model to start from: a known name (fetched on first use) or a Hugging Face folder.
+    pub model: String,
+    /// Seeds every random choice of the run (sampling, buffer draws).
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
+    pub save_every: u64,
+    /// Checkpoints kept; older ones are deleted.
+    pub keep_checkpoints: usize,
+    /// Measure CRUXEval-O/I accuracy every this many steps; 0 = never.
+    pub validate_every: u64,
+    /// CRUXEval problems in that measurement (a fixed subset: the first N).
+    pub validate_tasks: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model: "qwen2.5-coder-0.5b-instruct".into(),
+            seed: 0,
+            save_every: 1,
+            keep_checkpoints: 3,
+            validate_every: 0,
+            validate_tasks: 32,
+        }
+    }
+}
+
+/// `[selfplay]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfplayConfig {
+    /// Proposals per task type per step.
+    pub propose_batch: usize,
+    /// Tasks per type the solver meets per step (new proposals first); at least propose_batch.
+    pub solve_batch: usize,
+    /// Solver samples per task: the Monte-Carlo count that also estimates learnability.
+    pub samples: usize,
+    /// Reference tasks shown to each proposer (K).
+    pub references: usize,
+    /// How references are drawn from the buffer.
+    pub reference_weighting: Weighting,
+    /// Inputs an induction proposer is asked for (N).
+    pub induction_inputs: usize,
+    /// Valid inputs an induction task needs (half shown, half hidden).
+    pub min_induction_examples: usize,
+    /// Token limit of a proposal.
+    pub propose_tokens: usize,
+    /// Token limit of a solver answer.
+    pub solve_tokens: usize,
+    /// Sampling temperature of both roles (must be > 0: learnability needs sampled answers).
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Sequences generated in one batch.
+    pub generate_batch: usize,
+    /// Base-model proposals per type used to seed the buffer before step 1 (0 = only the
+    /// identity seeds).
+    pub seed_proposals: usize,
+}
+
+impl Default for SelfplayConfig {
+    fn default() -> Self {
+        Self {
+            propose_batch: 4,
+            solve_batch: 4,
+            samples: 4,
+            references: 3,
+            reference_weighting: Weighting::Uniform,
+            induction_inputs: 6,
+            min_induction_examples: 2,
+            propose_tokens: 512,
+            solve_tokens: 512,
+            temperature: 1.0,
+            top_p: 1.0,
+            generate_batch: 8,
+            seed_proposals: 0,
+        }
+    }
 }
 
 /// `[sandbox]`: how model-written code is run.
@@ -101,7 +198,51 @@ impl Config {
             message,
         };
         self.sandbox.limits.validate().map_err(invalid)?;
+        self.check_combinations().map_err(invalid)?;
         Ok(self)
+    }
+
+    /// Values that parse but cannot work together.
+    pub fn check_combinations(&self) -> Result<(), String> {
+        let s = &self.selfplay;
+        if s.temperature <= 0.0 {
+            return Err("selfplay.temperature must be > 0: learnability is estimated from sampled solver answers, never greedy ones".into());
+        }
+        if s.samples < 2 {
+            return Err(format!("selfplay.samples = {} cannot estimate learnability: a success rate strictly between 0 and 1 needs at least 2 samples", s.samples));
+        }
+        if s.solve_batch < s.propose_batch {
+            return Err(format!(
+                "selfplay.solve_batch ({}) is smaller than selfplay.propose_batch ({}): every new proposal must be solved in its step to earn a reward",
+                s.solve_batch, s.propose_batch
+            ));
+        }
+        if s.propose_batch == 0
+            || s.generate_batch == 0
+            || s.propose_tokens == 0
+            || s.solve_tokens == 0
+        {
+            return Err("selfplay.propose_batch, generate_batch, propose_tokens and solve_tokens must be at least 1".into());
+        }
+        if s.min_induction_examples < 2 || s.induction_inputs < s.min_induction_examples {
+            return Err(format!(
+                "selfplay.induction_inputs ({}) must be at least min_induction_examples ({}), which must be at least 2 (one shown, one hidden)",
+                s.induction_inputs, s.min_induction_examples
+            ));
+        }
+        if self.rl.micro_batch == 0 || self.rl.epochs == 0 {
+            return Err("rl.micro_batch and rl.epochs must be at least 1".into());
+        }
+        if self.run.save_every == 0 {
+            return Err("run.save_every must be at least 1".into());
+        }
+        if (self.rl.temperature - s.temperature).abs() > 1e-6 {
+            return Err(format!(
+                "rl.temperature ({}) must equal selfplay.temperature ({}): the loss compares log-probs under the sampling temperature",
+                self.rl.temperature, s.temperature
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +265,31 @@ mod tests {
     fn shipped_default_config_matches_serde_defaults() {
         let text = include_str!("../configs/default.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for name in ["default", "smoke", "gpu"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("configs/{name}.toml"));
+            Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn greedy_self_play_is_refused() {
+        let mut config = Config::default();
+        config.selfplay.temperature = 0.0;
+        assert!(config
+            .check_combinations()
+            .unwrap_err()
+            .contains("never greedy"));
+        let mut config = Config::default();
+        config.selfplay.solve_batch = 1;
+        assert!(config
+            .check_combinations()
+            .unwrap_err()
+            .contains("solve_batch"));
     }
 
     #[test]

@@ -296,3 +296,27 @@ async fn seeding_from_base_model_proposals_keeps_the_valid_ones() {
     assert_eq!(reasons, ["banned_import", "duplicate", "format"]);
     assert_eq!(buffer.tasks(None).unwrap()[0].origin, Origin::Seed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cruxeval_gold_answers_score_one_and_wrong_ones_zero() {
+    use azr::eval::cruxeval::{self, Mode};
+    let problems: Vec<_> = cruxeval::problems().into_iter().take(40).collect();
+    let gold_o: Vec<String> = problems.iter().map(|p| answer(&p.output)).collect();
+    let gold_i: Vec<String> = problems.iter().map(|p| answer(&p.input)).collect();
+    assert_eq!(
+        cruxeval::score(sandbox(), &problems, Mode::Output, &gold_o).await,
+        1.0
+    );
+    assert_eq!(
+        cruxeval::score(sandbox(), &problems, Mode::Input, &gold_i).await,
+        1.0
+    );
+    let wrong: Vec<String> = problems
+        .iter()
+        .map(|_| answer("'azr: not the answer'"))
+        .collect();
+    assert_eq!(
+        cruxeval::score(sandbox(), &problems, Mode::Output, &wrong).await,
+        0.0
+    );
+}

@@ -3,6 +3,7 @@
 mod buffer;
 mod model;
 mod sandbox;
+mod selfplay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job: self-play training (propose, validate, solve, update) in a run directory.
+    Selfplay(selfplay::SelfplayArgs),
     /// Fetch and verify everything azr needs (the sandbox's Python, a model) into $AZR_HOME.
     Setup(SetupArgs),
     /// Import GGUF files and inspect models.
@@ -65,17 +68,47 @@ pub enum BenchCommand {
     Sandbox(azr::bench::sandbox::Options),
 }
 
-pub fn init_logging(verbose: u8) {
+impl Cli {
+    /// Where this command also logs (at info level): `azr.log` in a self-play run directory.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        match &self.command {
+            Command::Selfplay(args) => Some(args.run.join("azr.log")),
+            _ => None,
+        }
+    }
+}
+
+/// Logs to stderr (warn, or what -v / RUST_LOG say) and, when given, to a file at info level.
+pub fn init_logging(verbose: u8, file: Option<PathBuf>) {
+    use tracing_subscriber::{
+        fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+    };
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let file = file.and_then(|path| {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .with_filter(EnvFilter::new(if verbose > 1 { "debug" } else { "info" })),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
         .init();
 }
 
@@ -87,8 +120,18 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Selfplay(args) = cli.command {
+        let given = cli
+            .config
+            .as_ref()
+            .map(|p| load_config(Some(p)))
+            .transpose()?;
+        let config = args.resolve_config(given)?;
+        return selfplay::run(args, config);
+    }
     let config = load_config(cli.config.as_ref())?;
     match cli.command {
+        Command::Selfplay(_) => unreachable!("handled above"),
         Command::Setup(args) => setup(&args),
         Command::Sandbox(cmd) => sandbox::run(cmd, &config),
         Command::Model(cmd) => model::run(cmd),

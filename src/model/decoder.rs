@@ -409,7 +409,9 @@ impl Model {
             repeat_kv(&k, heads / kv_heads)?,
             repeat_kv(&v, heads / kv_heads)?,
         );
-        let scores = (q.contiguous()?.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        // Scale q (t x d) rather than the scores (t x T): one less (T x T) tensor in the graph.
+        let q = (q / (d as f64).sqrt())?;
+        let scores = q.contiguous()?.matmul(&k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,

@@ -1,0 +1,279 @@
+//! `azr selfplay`: the main job. Each step proposes tasks, validates them in the sandbox, solves
+//! a batch of tasks, rewards both roles and updates the model (`step.rs`); this module runs the
+//! steps, seeds the buffer, checkpoints, and resumes.
+//!
+//! Where azr departs from AZR (paper and code):
+//! 1. All three task types are proposed and solved every step with the same batch sizes; AZR
+//!    weights them by its own batch settings.
+//! 2. The proposer's learnability comes from the same n solver samples the solver is trained
+//!    on (new proposals are solved first each step), not from a separate Monte-Carlo pass.
+//! 3. An unlearnable task earns 0 by default (the paper's rule); AZR's code gives -0.5
+//!    (`reward.unlearnable`). A duplicate proposal counts as invalid (format penalty).
+//! 4. Steps run their phases one after another; validation runs concurrently within its phase
+//!    but does not yet overlap generation.
+//! 5. There is no RNG state to checkpoint: each step's draws are seeded by (seed, step), so a
+//!    resumed run draws what an uninterrupted one would.
+
+pub mod policy;
+pub mod run_dir;
+mod step;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use rand::{rngs::StdRng, SeedableRng};
+
+pub use step::{group_of, StepMetrics, TypeMetrics, Validation};
+
+use crate::buffer::{seed, Buffer, BufferError};
+use crate::config::Config;
+use crate::model::{provision, Model, ModelError, TextTokenizer};
+use crate::rl::checkpoint::{self, TrainState};
+use crate::rl::optim::AdamW;
+use crate::sandbox::{Sandbox, SandboxError};
+use policy::Policy;
+use run_dir::{RunDir, RunDirError};
+
+/// Why a run could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfplayError {
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Seed(#[from] seed::SeedError),
+    #[error("model computation failed: {0}")]
+    Compute(#[from] candle_core::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub run: PathBuf,
+    /// Run until this step is done.
+    pub steps: u64,
+    pub resume: bool,
+    pub config: Config,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub first_step: u64,
+    pub last_step: u64,
+    /// True when a stop request ended the run early.
+    pub stopped: bool,
+}
+
+/// Runs self-play. `stop` is polled between steps and phases (Ctrl-C sets it): the run then
+/// saves a checkpoint of its last finished step and returns. `on_step` sees every step's metrics.
+pub async fn run(
+    opts: &Options,
+    stop: Arc<AtomicBool>,
+    mut on_step: impl FnMut(&StepMetrics),
+) -> Result<Summary, SelfplayError> {
+    let config = &opts.config;
+    config.check_combinations().map_err(SelfplayError::Config)?;
+    let dir = RunDir::new(&opts.run);
+    dir.prepare(config, opts.resume)?;
+    let sandbox = Sandbox::new(&config.sandbox)?;
+    let buffer = Buffer::open(&dir.buffer())?;
+    let home = crate::assets::home();
+    let base = provision::resolve(&home, &config.run.model)?;
+    let device = Device::Cpu;
+
+    let resumed = match opts.resume {
+        true => checkpoint::latest(&dir.checkpoints()),
+        false => None,
+    };
+    let (model, mut optimizer, done) = match &resumed {
+        Some(path) => {
+            let (model, optimizer, state) =
+                checkpoint::load(path, &device, DType::F32, config.optim)?;
+            tracing::info!(checkpoint = %path.display(), step = state.step, "resuming");
+            (model, optimizer, state.step)
+        }
+        None => {
+            let model = Model::load(&base, &device, DType::F32)?;
+            let params = model
+                .named_vars()
+                .into_iter()
+                .map(|(_, v)| v.clone())
+                .collect();
+            (model, AdamW::new(params, config.optim)?, 0)
+        }
+    };
+    // Rows and metrics of steps after the checkpoint belong to work that is redone.
+    buffer.truncate_after(done as i64)?;
+    dir.truncate_metrics(done)?;
+    let tokenizer_dir = resumed.clone().unwrap_or_else(|| base.clone());
+    let tokenizer = TextTokenizer::load(&tokenizer_dir, &model.config.eos_ids())?;
+    let policy = Policy {
+        model,
+        tokenizer,
+        dir: base.clone(),
+    };
+    if done == 0 {
+        seed_buffer(config, &policy, &sandbox, &buffer).await?;
+    }
+    // The KL reference is the starting model, held in bf16 (half the policy's memory).
+    let reference = match config.rl.loss.kl_coef != 0.0 {
+        true => Some(Model::load(&base, &device, DType::BF16)?),
+        false => None,
+    };
+
+    let mut last_saved = done;
+    let mut last = done;
+    let mut stopped = false;
+    for step_no in done + 1..=opts.steps {
+        if stop.load(Ordering::Relaxed) {
+            stopped = true;
+            break;
+        }
+        let mut rng = StdRng::seed_from_u64(checkpoint::step_seed(config.run.seed, step_no));
+        let mut step = step::Step {
+            config,
+            policy: &policy,
+            optimizer: &mut optimizer,
+            sandbox: &sandbox,
+            buffer: &buffer,
+            reference: reference.as_ref(),
+            step: step_no,
+            seed: config.run.seed,
+            rng: &mut rng,
+        };
+        let mut metrics = step::run(&mut step).await?;
+        let every = config.run.validate_every;
+        if every > 0 && step_no % every == 0 {
+            metrics.validation = Some(validate(config, &policy, &sandbox).await?);
+        }
+        dir.append_metrics(&serde_json::to_value(&metrics).expect("metrics serialise"))?;
+        on_step(&metrics);
+        last = step_no;
+        if step_no % config.run.save_every == 0 || step_no == opts.steps {
+            save(&dir, &policy, &optimizer, config, step_no)?;
+            last_saved = step_no;
+        }
+    }
+    if last > last_saved {
+        save(&dir, &policy, &optimizer, config, last)?;
+    }
+    Ok(Summary {
+        first_step: done + 1,
+        last_step: last,
+        stopped,
+    })
+}
+
+fn save(
+    dir: &RunDir,
+    policy: &Policy,
+    optimizer: &AdamW,
+    config: &Config,
+    step: u64,
+) -> Result<(), SelfplayError> {
+    let state = TrainState {
+        step,
+        optimizer_step: optimizer.step,
+        seed: config.run.seed,
+        config: serde_json::to_value(config).expect("config serialises"),
+    };
+    let path = checkpoint::save(
+        &dir.checkpoints(),
+        &policy.dir,
+        &policy.model,
+        optimizer,
+        &state,
+        config.run.keep_checkpoints,
+    )?;
+    tracing::info!(step, checkpoint = %path.display(), "saved");
+    Ok(())
+}
+
+/// Greedy CRUXEval-O and -I accuracy on the first `run.validate_tasks` problems, with the
+/// solver prompts of self-play.
+async fn validate(
+    config: &Config,
+    policy: &Policy,
+    sandbox: &Sandbox,
+) -> Result<Validation, SelfplayError> {
+    use crate::eval::cruxeval::{self, Mode};
+    let problems: Vec<_> = cruxeval::problems()
+        .into_iter()
+        .take(config.run.validate_tasks)
+        .collect();
+    let greedy = crate::generate::GenerateConfig {
+        temperature: 0.0,
+        ..step::sampling_config(config, config.selfplay.solve_tokens, 0)
+    };
+    let mut accuracy = [0.0; 2];
+    for (slot, mode) in [Mode::Output, Mode::Input].into_iter().enumerate() {
+        let prompts = problems
+            .iter()
+            .map(|p| {
+                policy.render(&crate::tasks::prompts::solve(
+                    &p.task(mode),
+                    &config.sandbox.banned_modules,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let answers: Vec<String> = policy
+            .sample(&prompts, &greedy, config.selfplay.generate_batch)?
+            .iter()
+            .map(step::with_stop)
+            .collect();
+        accuracy[slot] = cruxeval::score(sandbox, &problems, mode, &answers).await;
+    }
+    Ok(Validation {
+        problems: problems.len(),
+        cruxeval_o: accuracy[0],
+        cruxeval_i: accuracy[1],
+    })
+}
+
+/// AZR's seeds, plus `seed_proposals` base-model proposals per type when asked.
+async fn seed_buffer(
+    config: &Config,
+    policy: &Policy,
+    sandbox: &Sandbox,
+    buffer: &Buffer,
+) -> Result<(), SelfplayError> {
+    seed::seed(buffer, sandbox).await?;
+    let n = config.selfplay.seed_proposals;
+    if n == 0 {
+        return Ok(());
+    }
+    let banned = &config.sandbox.banned_modules;
+    for task_type in [
+        crate::tasks::TaskType::Deduction,
+        crate::tasks::TaskType::Abduction,
+    ] {
+        let prompt = policy.render(&crate::tasks::prompts::propose_program(
+            task_type,
+            &[],
+            banned,
+        ))?;
+        let sampling = step::sampling_config(
+            config,
+            config.selfplay.propose_tokens,
+            checkpoint::step_seed(config.run.seed, 0),
+        );
+        let texts: Vec<String> = policy
+            .sample(&vec![prompt; n], &sampling, config.selfplay.generate_batch)?
+            .iter()
+            .map(step::with_stop)
+            .collect();
+        let report = seed::seed_from_proposals(buffer, sandbox, task_type, &texts).await?;
+        tracing::info!(%task_type, added = report.added, rejected = report.rejected, "seeded from base-model proposals");
+    }
+    Ok(())
+}

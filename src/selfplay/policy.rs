@@ -1,0 +1,56 @@
+//! The model in its self-play role: rendering chat prompts into tokens and sampling
+//! completions in batches.
+
+use std::path::PathBuf;
+
+use crate::generate::{self, GenerateConfig, Generation};
+use crate::model::{Model, ModelError, TextTokenizer};
+use crate::tasks::chat;
+use crate::tasks::prompts::ChatPrompt;
+
+/// The model being trained, with its tokenizer.
+pub struct Policy {
+    pub model: Model,
+    pub tokenizer: TextTokenizer,
+    /// Folder the tokenizer files come from (copied into every checkpoint).
+    pub dir: PathBuf,
+}
+
+impl Policy {
+    /// Tokens of a prompt: the model's chat template when it has one, else AZR's plain frame.
+    pub fn render(&self, prompt: &ChatPrompt) -> Result<Vec<u32>, ModelError> {
+        let text = match self.tokenizer.chat_template() {
+            Some(template) => {
+                chat::apply_template(template, prompt).map_err(|e| ModelError::Invalid {
+                    path: self.dir.clone(),
+                    detail: format!("the chat template failed: {e}"),
+                })?
+            }
+            None => chat::plain(prompt),
+        };
+        self.tokenizer.encode(&text)
+    }
+
+    /// Completions for `prompts`, `batch` at a time; batch k samples with seed `seed + k`.
+    pub fn sample(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerateConfig,
+        batch: usize,
+    ) -> Result<Vec<Generation>, ModelError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (k, chunk) in prompts.chunks(batch.max(1)).enumerate() {
+            let config = GenerateConfig {
+                seed: config.seed.wrapping_add(k as u64),
+                ..config.clone()
+            };
+            out.extend(generate::generate(
+                &self.model,
+                &self.tokenizer,
+                chunk,
+                &config,
+            )?);
+        }
+        Ok(out)
+    }
+}

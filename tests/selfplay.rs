@@ -1,0 +1,210 @@
+//! `azr selfplay` end to end on the real SmolLM2-135M and the real sandbox (configs/smoke.toml):
+//! a short run, its artefacts, resuming it, and killing it mid-step. The two tests take turns:
+//! each run holds several GB while it updates the model.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use azr::buffer::Buffer;
+
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn smoke() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml").to_string()
+}
+
+fn selfplay(run: &Path, steps: u64, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_azr"))
+        .args([
+            "selfplay",
+            "--config",
+            &smoke(),
+            "--run",
+            run.to_str().unwrap(),
+        ])
+        .args(["--steps", &steps.to_string()])
+        .args(extra)
+        .output()
+        .expect("running azr selfplay")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn checkpoint_steps(run: &Path) -> Vec<u64> {
+    azr::rl::checkpoint::list(&run.join("checkpoints"))
+        .iter()
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+#[test]
+fn two_steps_then_resume_to_the_third() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = selfplay(&run, 2, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("step     2 |"), "{}", text(&out));
+
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 2);
+    for key in [
+        "step",
+        "seconds",
+        "generate_seconds",
+        "sandbox_seconds",
+        "update_seconds",
+        "tokens_generated",
+        "buffer_size",
+        "deduction",
+        "abduction",
+        "induction",
+        "update",
+    ] {
+        assert!(
+            lines[1].get(key).is_some(),
+            "metrics lack {key}: {}",
+            lines[1]
+        );
+    }
+    for key in [
+        "loss",
+        "grad_norm",
+        "entropy",
+        "clip_frac_low",
+        "approx_kl",
+        "peak_rss_mb",
+        "groups",
+    ] {
+        assert!(
+            lines[1]["update"].get(key).is_some(),
+            "update metrics lack {key}"
+        );
+    }
+
+    // Every proposal either became a task or left its reason in the buffer.
+    let buffer = Buffer::open_existing(&run.join("buffer.sqlite")).unwrap();
+    let stats = buffer.stats().unwrap();
+    let proposed: u64 = lines
+        .iter()
+        .flat_map(|l| {
+            ["deduction", "abduction", "induction"].map(|t| l[t]["proposals"].as_u64().unwrap())
+        })
+        .sum();
+    let valid: u64 = lines
+        .iter()
+        .flat_map(|l| {
+            ["deduction", "abduction", "induction"]
+                .map(|t| l[t]["valid_proposals"].as_u64().unwrap())
+        })
+        .sum();
+    let rejected: usize = stats.rejections.iter().map(|(_, n)| n).sum();
+    let tasks: usize = stats.types.iter().map(|t| t.tasks).sum();
+    assert_eq!(proposed, 6);
+    assert_eq!(valid as usize + rejected, 6, "{stats:?}");
+    assert_eq!(tasks, 3 + valid as usize);
+    drop(buffer);
+
+    // The checkpoint is a model folder azr loads.
+    assert_eq!(checkpoint_steps(&run), [1, 2]);
+    let latest = azr::rl::checkpoint::latest(&run.join("checkpoints")).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(latest.join(file).is_file(), "{file} missing");
+    }
+    azr::model::Model::load(&latest, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+
+    // Without --resume the directory is refused; with it the run goes on to step 3.
+    let again = selfplay(&run, 3, &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains("--resume"), "{}", text(&again));
+    let out = selfplay(&run, 3, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let steps: Vec<u64> = metrics(&run)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3]);
+    assert_eq!(checkpoint_steps(&run), [2, 3]);
+}
+
+#[test]
+fn killed_mid_step_resumes_from_the_last_checkpoint() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_azr"))
+        .args([
+            "selfplay",
+            "--config",
+            &smoke(),
+            "--run",
+            run.to_str().unwrap(),
+            "--steps",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while checkpoint_steps(&run).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint after 10 minutes"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "selfplay exited early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Step 2 is under way: kill without warning.
+    std::thread::sleep(Duration::from_secs(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = *checkpoint_steps(&run).last().unwrap();
+
+    let out = selfplay(&run, done + 1, &["--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let steps: Vec<u64> = metrics(&run)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=done + 1).collect::<Vec<_>>());
+    // No buffer row survives from the killed step beyond what the resumed step wrote.
+    let buffer = Buffer::open_existing(&run.join("buffer.sqlite")).unwrap();
+    assert!(buffer
+        .tasks(None)
+        .unwrap()
+        .iter()
+        .all(|t| t.step as u64 <= done + 1));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            azr::rl::checkpoint::latest(&run.join("checkpoints"))
+                .unwrap()
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"], done + 1);
+}
