@@ -97,15 +97,15 @@ pub struct SelfplayConfig {
 impl Default for SelfplayConfig {
     fn default() -> Self {
         Self {
-            propose_batch: 4,
-            solve_batch: 4,
+            propose_batch: 2,
+            solve_batch: 2,
             samples: 4,
             references: 3,
             reference_weighting: Weighting::Uniform,
             induction_inputs: 6,
             min_induction_examples: 2,
-            propose_tokens: 512,
-            solve_tokens: 512,
+            propose_tokens: 384,
+            solve_tokens: 384,
             temperature: 1.0,
             top_p: 1.0,
             generate_batch: 8,

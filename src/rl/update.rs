@@ -52,7 +52,7 @@ impl Default for UpdateConfig {
         Self {
             estimator: Estimator::TrrPlusPlus,
             loss: LossConfig::default(),
-            micro_batch: 4,
+            micro_batch: 1,
             epochs: 1,
             temperature: 1.0,
             entropy_coef: 0.0,
