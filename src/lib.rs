@@ -12,6 +12,7 @@ pub mod config;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod report;
 pub mod rl;
 pub mod sandbox;
 pub mod selfplay;

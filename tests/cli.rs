@@ -40,13 +40,17 @@ fn every_command_has_help() {
         vec!["model", "import", "--help"],
         vec!["model", "info", "--help"],
         vec!["generate", "--help"],
+        vec!["selfplay", "--help"],
+        vec!["report", "--help"],
     ] {
         let out = azr(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         assert!(text(&out).contains("Usage:"), "{args:?}");
     }
     let top = text(&azr(&["--help"]));
-    for command in ["setup", "sandbox", "buffer", "bench"] {
+    for command in [
+        "selfplay", "report", "setup", "sandbox", "buffer", "model", "generate", "bench",
+    ] {
         assert!(top.contains(command), "{command} missing from --help");
     }
 }

@@ -135,6 +135,25 @@ fn two_steps_then_resume_to_the_third() {
     }
     azr::model::Model::load(&latest, &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
 
+    // The run's curves as PNGs.
+    let report = Command::new(env!("CARGO_BIN_EXE_azr"))
+        .args(["report", "--run", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", text(&report));
+    for chart in [
+        "solver_accuracy.png",
+        "valid_proposals.png",
+        "learnability.png",
+        "rewards.png",
+        "buffer.png",
+        "response_length.png",
+        "throughput.png",
+        "update.png",
+    ] {
+        assert!(run.join("report").join(chart).is_file(), "{chart} missing");
+    }
+
     // Without --resume the directory is refused; with it the run goes on to step 3.
     let again = selfplay(&run, 3, &[]);
     assert_eq!(again.status.code(), Some(2));

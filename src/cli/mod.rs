@@ -44,6 +44,9 @@ pub enum Command {
     /// Run Python in the sandbox.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Plot a run's metrics (accuracy, validity, learnability, rewards, buffer, lengths,
+    /// throughput, update health) as PNG files.
+    Report(ReportArgs),
     /// Look at the tasks a run proposed: stats, list, show, export.
     #[command(subcommand)]
     Buffer(buffer::BufferCommand),
@@ -60,6 +63,16 @@ pub struct SetupArgs {
     /// Also provision this named model (e.g. smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The run directory (holds metrics.jsonl).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Where to write the PNGs (default: DIR/report).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +148,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup(args) => setup(&args),
         Command::Sandbox(cmd) => sandbox::run(cmd, &config),
         Command::Model(cmd) => model::run(cmd),
+        Command::Report(args) => {
+            let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
+            for file in azr::report::write(&args.run, &out)? {
+                println!("{}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate(args) => model::generate(args),
         Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Bench(BenchCommand::Sandbox(opts)) => {
