@@ -119,6 +119,8 @@ fn two_steps_then_resume_to_the_third() {
     assert_eq!(proposed, 6);
     assert_eq!(valid as usize + rejected, 6, "{stats:?}");
     assert_eq!(tasks, 3 + valid as usize);
+    let stored: Vec<i64> = buffer.metrics().unwrap().iter().map(|(s, _)| *s).collect();
+    assert_eq!(stored, [1, 2], "metrics are in the database too");
     drop(buffer);
 
     // The checkpoint is a model folder azr loads.

@@ -241,11 +241,49 @@ impl Buffer {
         Ok(())
     }
 
+    /// Stores a step's metrics (queryable with SQLite's JSON functions), replacing any earlier
+    /// row for that step.
+    pub fn record_metrics(
+        &self,
+        step: i64,
+        metrics: &serde_json::Value,
+    ) -> Result<(), BufferError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO metrics (step, json) VALUES (?1, ?2)",
+                params![step, metrics.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The stored metrics of every step, in step order.
+    pub fn metrics(&self) -> Result<Vec<(i64, serde_json::Value)>, BufferError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT step, json FROM metrics ORDER BY step")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (step, json) = row.map_err(|e| self.err(e))?;
+            let value = serde_json::from_str(&json).map_err(|e| BufferError::Corrupt {
+                path: self.path.clone(),
+                id: step,
+                detail: format!("metrics: {e}"),
+            })?;
+            out.push((step, value));
+        }
+        Ok(out)
+    }
+
     /// Drops everything written after `step`: a resumed run continues from its last
     /// checkpoint, and rows of steps after it belong to work that is being redone.
     pub fn truncate_after(&self, step: i64) -> Result<(), BufferError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        for table in ["attempts", "rejections", "tasks"] {
+        for table in ["attempts", "rejections", "tasks", "metrics"] {
             tx.execute(&format!("DELETE FROM {table} WHERE step > ?1"), [step])
                 .map_err(|e| self.err(e))?;
         }

@@ -42,6 +42,11 @@ const MIGRATIONS: &[&str] = &[
         completion TEXT NOT NULL
     );
     CREATE INDEX rejections_by_step ON rejections (step);",
+    // 2: each self-play step's metrics, as JSON, beside the tasks it produced.
+    "CREATE TABLE metrics (
+        step INTEGER PRIMARY KEY,
+        json TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

@@ -132,9 +132,16 @@ fn truncate_drops_rows_of_unfinished_steps() {
     buffer
         .record_rejection(5, TaskType::Deduction, &rejection, "text")
         .unwrap();
+    for step in [2, 5] {
+        buffer
+            .record_metrics(step, &serde_json::json!({"step": step}))
+            .unwrap();
+    }
     buffer.truncate_after(3).unwrap();
     let left: Vec<i64> = buffer.tasks(None).unwrap().iter().map(|t| t.step).collect();
     assert_eq!(left, [0, 1, 2, 3]);
+    let metrics: Vec<i64> = buffer.metrics().unwrap().iter().map(|(s, _)| *s).collect();
+    assert_eq!(metrics, [2]);
     assert_eq!(buffer.get(1).unwrap().unwrap().samples, 4);
     assert!(buffer.stats().unwrap().rejections.is_empty());
 }
@@ -231,6 +238,7 @@ fn schema_version_is_recorded_and_newer_databases_are_refused() {
         .unwrap();
     assert_eq!(mode, "wal");
     conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    // (Every migration ran: the latest one's table exists.)
     drop(conn);
     assert!(matches!(
         Buffer::open(&path),

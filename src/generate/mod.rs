@@ -185,3 +185,21 @@ fn mask_tensor(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor
 
 #[cfg(test)]
 mod tests;
+
+/// A vocabulary for tests with tiny random models: token i reads as its number, 10 ends a
+/// sequence and 0 pads.
+#[cfg(test)]
+pub(crate) struct Digits;
+
+#[cfg(test)]
+impl Vocabulary for Digits {
+    fn decode(&self, ids: &[u32]) -> String {
+        ids.iter().map(|i| i.to_string()).collect()
+    }
+    fn eos_ids(&self) -> &[u32] {
+        &[10]
+    }
+    fn pad_id(&self) -> u32 {
+        0
+    }
+}

@@ -159,6 +159,24 @@ fn accumulate(total: &mut Option<GradStore>, grads: GradStore, params: &[&Var]) 
     Ok(())
 }
 
+/// Indices of the rollouts that carry tokens (empty completions have nothing to score).
+fn with_tokens(rollouts: &[Rollout]) -> Vec<usize> {
+    (0..rollouts.len())
+        .filter(|&i| !rollouts[i].completion.is_empty())
+        .collect()
+}
+
+/// The (prompt, completion) pairs of some rollouts, for scoring.
+fn scored<'a>(rollouts: &'a [Rollout], indices: &[usize]) -> Vec<Scored<'a>> {
+    indices
+        .iter()
+        .map(|&i| Scored {
+            prompt: &rollouts[i].prompt,
+            completion: &rollouts[i].completion,
+        })
+        .collect()
+}
+
 /// Fills each rollout's `ref_logprobs` from a frozen reference model (no gradients, in
 /// micro-batches). Load the reference in bf16 to hold it in half the policy's f32 memory.
 pub fn reference_logprobs(
@@ -166,17 +184,9 @@ pub fn reference_logprobs(
     rollouts: &mut [Rollout],
     config: &UpdateConfig,
 ) -> Result<()> {
-    let live: Vec<usize> = (0..rollouts.len())
-        .filter(|&i| !rollouts[i].completion.is_empty())
-        .collect();
+    let live = with_tokens(rollouts);
     for chunk in live.chunks(config.micro_batch.max(1)) {
-        let batch: Vec<Scored> = chunk
-            .iter()
-            .map(|&i| Scored {
-                prompt: &rollouts[i].prompt,
-                completion: &rollouts[i].completion,
-            })
-            .collect();
+        let batch = scored(rollouts, chunk);
         let logp: Vec<f32> = score(reference, &batch, config.temperature, false, false)?
             .logprobs
             .to_dtype(candle_core::DType::F32)?
@@ -204,9 +214,7 @@ pub fn update(
     let task_groups: Vec<u64> = rollouts.iter().map(|r| r.task_group).collect();
     let prompt_groups: Vec<u64> = rollouts.iter().map(|r| r.prompt_group).collect();
     let adv = advantages(config.estimator, &rewards, &task_groups, &prompt_groups);
-    let live: Vec<usize> = (0..rollouts.len())
-        .filter(|&i| !rollouts[i].completion.is_empty())
-        .collect();
+    let live = with_tokens(rollouts);
     let tokens: usize = live.iter().map(|&i| rollouts[i].completion.len()).sum();
     let normaliser = match config.loss.aggregation {
         Aggregation::TokenMean => tokens,
@@ -247,13 +255,7 @@ pub fn update(
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0f64;
         for chunk in live.chunks(config.micro_batch.max(1)) {
-            let batch: Vec<Scored> = chunk
-                .iter()
-                .map(|&i| Scored {
-                    prompt: &rollouts[i].prompt,
-                    completion: &rollouts[i].completion,
-                })
-                .collect();
+            let batch = scored(rollouts, chunk);
             let scores = score(model, &batch, config.temperature, true, true)?;
             let logp = scores.logprobs;
             let entropy = scores.entropy.expect("entropy was asked for");

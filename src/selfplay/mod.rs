@@ -156,7 +156,9 @@ pub async fn run(
         if every > 0 && step_no % every == 0 {
             metrics.validation = Some(validate(config, &policy, &sandbox).await?);
         }
-        dir.append_metrics(&serde_json::to_value(&metrics).expect("metrics serialise"))?;
+        let json = serde_json::to_value(&metrics).expect("metrics serialise");
+        buffer.record_metrics(step_no as i64, &json)?;
+        dir.append_metrics(&json)?;
         on_step(&metrics);
         last = step_no;
         if step_no % config.run.save_every == 0 || step_no == opts.steps {

@@ -1,21 +1,7 @@
 use super::*;
-use crate::generate::{generate, GenerateConfig, Vocabulary};
+use crate::generate::{generate, Digits, GenerateConfig};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::rl::update::{update, Rollout, UpdateConfig};
-
-struct Digits;
-
-impl Vocabulary for Digits {
-    fn decode(&self, ids: &[u32]) -> String {
-        ids.iter().map(|i| i.to_string()).collect()
-    }
-    fn eos_ids(&self) -> &[u32] {
-        &[10]
-    }
-    fn pad_id(&self) -> u32 {
-        0
-    }
-}
 
 const SEED: u64 = 77;
 

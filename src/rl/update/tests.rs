@@ -1,50 +1,44 @@
 use candle_core::{DType, Device};
 
 use super::*;
-use crate::generate::{generate, GenerateConfig, Vocabulary};
+use crate::generate::{generate, Digits, GenerateConfig};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::rl::advantage::advantages;
 use crate::rl::loss::clipped_surrogate;
 use crate::rl::optim::OptimConfig;
 
-struct Digits;
-
-impl Vocabulary for Digits {
-    fn decode(&self, ids: &[u32]) -> String {
-        ids.iter().map(|i| i.to_string()).collect()
-    }
-    fn eos_ids(&self) -> &[u32] {
-        &[10]
-    }
-    fn pad_id(&self) -> u32 {
-        0
-    }
-}
-
 const TARGET: u32 = 7;
 
-/// Mean reward over the first and the last five steps of a run.
-fn learn(estimator: Estimator) -> (f32, f32) {
-    let model = Model::random(
-        ModelConfig::tiny(Architecture::Qwen2, false),
-        21,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
+/// A tiny random model and an AdamW over all its weights.
+fn policy(
+    arch: Architecture,
+    tied: bool,
+    seed: u64,
+    dtype: DType,
+    optim: OptimConfig,
+) -> (Model, AdamW) {
+    let model = Model::random(ModelConfig::tiny(arch, tied), seed, &Device::Cpu, dtype).unwrap();
     let params = model
         .named_vars()
         .into_iter()
         .map(|(_, v)| v.clone())
         .collect();
-    let mut optimizer = AdamW::new(
-        params,
+    let optimizer = AdamW::new(params, optim).unwrap();
+    (model, optimizer)
+}
+
+/// Mean reward over the first and the last five steps of a run.
+fn learn(estimator: Estimator) -> (f32, f32) {
+    let (model, mut optimizer) = policy(
+        Architecture::Qwen2,
+        false,
+        21,
+        DType::F32,
         OptimConfig {
             lr: 0.03,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let config = UpdateConfig {
         estimator,
         micro_batch: 5,
@@ -103,26 +97,16 @@ fn grpo_learns_a_toy_verifiable_reward() {
 #[test]
 fn micro_batching_does_not_change_the_update() {
     let run = |micro_batch| {
-        let model = Model::random(
-            ModelConfig::tiny(Architecture::Llama, true),
+        let (model, mut optimizer) = policy(
+            Architecture::Llama,
+            true,
             4,
-            &Device::Cpu,
             DType::F64,
-        )
-        .unwrap();
-        let params = model
-            .named_vars()
-            .into_iter()
-            .map(|(_, v)| v.clone())
-            .collect();
-        let mut optimizer = AdamW::new(
-            params,
             OptimConfig {
                 lr: 0.01,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         let rollouts: Vec<Rollout> = (0..6)
             .map(|i| Rollout {
                 prompt: vec![1, 2 + i as u32],
@@ -245,19 +229,13 @@ fn clipped_loss_gradient_matches_finite_differences_through_the_model() {
 
 #[test]
 fn metrics_cover_groups_entropy_and_memory() {
-    let model = Model::random(
-        ModelConfig::tiny(Architecture::Qwen2, false),
+    let (model, mut optimizer) = policy(
+        Architecture::Qwen2,
+        false,
         8,
-        &Device::Cpu,
         DType::F32,
-    )
-    .unwrap();
-    let params = model
-        .named_vars()
-        .into_iter()
-        .map(|(_, v)| v.clone())
-        .collect();
-    let mut optimizer = AdamW::new(params, OptimConfig::default()).unwrap();
+        OptimConfig::default(),
+    );
     let m = update(
         &model,
         &mut optimizer,
@@ -286,26 +264,16 @@ fn metrics_cover_groups_entropy_and_memory() {
 fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
     // A random model starts near the maximum, ln 11: compare a bonus with a penalty.
     let after = |coef: f64| {
-        let model = Model::random(
-            ModelConfig::tiny(Architecture::Qwen2, false),
+        let (model, mut optimizer) = policy(
+            Architecture::Qwen2,
+            false,
             8,
-            &Device::Cpu,
             DType::F32,
-        )
-        .unwrap();
-        let params = model
-            .named_vars()
-            .into_iter()
-            .map(|(_, v)| v.clone())
-            .collect();
-        let mut optimizer = AdamW::new(
-            params,
             OptimConfig {
                 lr: 0.01,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         let config = UpdateConfig {
             entropy_coef: coef,
             ..Default::default()
@@ -335,15 +303,6 @@ fn the_kl_penalty_needs_reference_log_probs_and_holds_the_policy_near_the_refere
         },
         ..Default::default()
     };
-    let tiny = || {
-        Model::random(
-            ModelConfig::tiny(Architecture::Qwen2, false),
-            8,
-            &Device::Cpu,
-            DType::F32,
-        )
-        .unwrap()
-    };
     let reference = Model::random(
         ModelConfig::tiny(Architecture::Qwen2, false),
         8,
@@ -351,38 +310,30 @@ fn the_kl_penalty_needs_reference_log_probs_and_holds_the_policy_near_the_refere
         DType::BF16,
     )
     .unwrap();
-    let model = tiny();
-    let params = model
-        .named_vars()
-        .into_iter()
-        .map(|(_, v)| v.clone())
-        .collect();
-    let mut optimizer = AdamW::new(
-        params,
+    let (model, mut optimizer) = policy(
+        Architecture::Qwen2,
+        false,
+        8,
+        DType::F32,
         OptimConfig {
             lr: 0.02,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let err = update(&model, &mut optimizer, &fixed_rollouts(), &config(0.5)).unwrap_err();
     assert!(err.to_string().contains("reference log-probs"), "{err}");
 
     let drift = |kl_coef: f64| {
-        let model = tiny();
-        let params = model
-            .named_vars()
-            .into_iter()
-            .map(|(_, v)| v.clone())
-            .collect();
-        let mut optimizer = AdamW::new(
-            params,
+        let (model, mut optimizer) = policy(
+            Architecture::Qwen2,
+            false,
+            8,
+            DType::F32,
             OptimConfig {
                 lr: 0.02,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         // One group, alternating rewards: advantages of +-1 pull the policy away.
         let mut rollouts = fixed_rollouts();
         rollouts.iter_mut().for_each(|r| r.task_group = 0);
