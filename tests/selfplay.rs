@@ -15,16 +15,22 @@ fn smoke() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml").to_string()
 }
 
+/// `azr selfplay` on the smoke config for `steps` steps in `run`.
+fn command(run: &Path, steps: u64) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_azr"));
+    cmd.args([
+        "selfplay",
+        "--config",
+        &smoke(),
+        "--run",
+        run.to_str().unwrap(),
+    ])
+    .args(["--steps", &steps.to_string()]);
+    cmd
+}
+
 fn selfplay(run: &Path, steps: u64, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_azr"))
-        .args([
-            "selfplay",
-            "--config",
-            &smoke(),
-            "--run",
-            run.to_str().unwrap(),
-        ])
-        .args(["--steps", &steps.to_string()])
+    command(run, steps)
         .args(extra)
         .output()
         .expect("running azr selfplay")
@@ -175,16 +181,7 @@ fn killed_mid_step_resumes_from_the_last_checkpoint() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_azr"))
-        .args([
-            "selfplay",
-            "--config",
-            &smoke(),
-            "--run",
-            run.to_str().unwrap(),
-            "--steps",
-            "4",
-        ])
+    let mut child = command(&run, 4)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
