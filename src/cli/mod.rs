@@ -1,6 +1,7 @@
 //! Command-line interface: one clap struct per subcommand, each with `--help` text.
 
 mod buffer;
+mod eval;
 mod model;
 mod sandbox;
 mod selfplay;
@@ -47,6 +48,8 @@ pub enum Command {
     /// Plot a run's metrics (accuracy, validity, learnability, rewards, buffer, lengths,
     /// throughput, update health) as PNG files.
     Report(ReportArgs),
+    /// Score a model (or a samples file) on HumanEval, MBPP, CRUXEval-O or CRUXEval-I.
+    Eval(eval::EvalArgs),
     /// Look at the tasks a run proposed: stats, list, show, export.
     #[command(subcommand)]
     Buffer(buffer::BufferCommand),
@@ -157,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Generate(args) => model::generate(args),
         Command::Buffer(cmd) => buffer::run(cmd, &config),
+        Command::Eval(args) => eval::run(args, &config),
         Command::Bench(BenchCommand::Sandbox(opts)) => {
             let report = azr::bench::sandbox::run(&opts, &config.sandbox)?;
             println!("{report}");

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::Check;
 use crate::sandbox::Sandbox;
 use crate::tasks::reward;
 use crate::tasks::{Example, Task, TaskType};
@@ -52,6 +53,42 @@ impl Problem {
             shown: 1,
             message: None,
         }
+    }
+}
+
+/// CRUXEval-O as an eval problem: complete `assert f(input) == ` with the output.
+pub(super) fn output(p: &Problem) -> super::Problem {
+    super::Problem {
+        task_id: p.id.clone(),
+        instruction: format!(
+            "Here is a Python function and an assertion with an input to it. Complete the \
+             assertion with the output of the function on that input, as a Python literal, even \
+             if the function is incorrect or incomplete.\n\n```python\n{}\nassert f({}) == ??\n```",
+            p.code, p.input
+        ),
+        prefix: format!("```python\nassert f({}) == ", p.input),
+        check: Check::Output {
+            code: p.code.clone(),
+            output: p.output.clone(),
+        },
+    }
+}
+
+/// CRUXEval-I as an eval problem: complete `assert f(` with arguments that give the output.
+pub(super) fn input(p: &Problem) -> super::Problem {
+    super::Problem {
+        task_id: p.id.clone(),
+        instruction: format!(
+            "Here is a Python function and an assertion about its output. Find any input on \
+             which the function returns that output, and complete the assertion with it.\n\n\
+             ```python\n{}\nassert f(??) == {}\n```",
+            p.code, p.output
+        ),
+        prefix: "```python\nassert f(".into(),
+        check: Check::Input {
+            code: p.code.clone(),
+            output: p.output.clone(),
+        },
     }
 }
 

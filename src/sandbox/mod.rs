@@ -22,6 +22,7 @@ mod limits;
 mod pool;
 mod runtime;
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -107,15 +108,16 @@ impl Sandbox {
         self.inner.pool.threads()
     }
 
-    /// Runs one interpreter invocation on a guest thread.
-    pub async fn execute(&self, inv: Invocation) -> Execution {
+    /// Runs one interpreter invocation on a guest thread. The run is queued at the call, so
+    /// starting many and awaiting them later overlaps them with the caller's own work.
+    pub fn execute(&self, inv: Invocation) -> impl Future<Output = Execution> + Send + 'static {
         let runtime = self.inner.runtime.clone();
         let started = std::time::Instant::now();
-        self.inner
-            .pool
-            .run(move || exec::execute(&runtime, &inv))
-            .await
-            .unwrap_or_else(|message| host_failure(message, started))
+        let run = self.inner.pool.run(move || exec::execute(&runtime, &inv));
+        async move {
+            run.await
+                .unwrap_or_else(|message| host_failure(message, started))
+        }
     }
 
     /// [`Sandbox::execute`] for callers outside an async runtime.
@@ -130,8 +132,14 @@ impl Sandbox {
 
     /// Runs a whole Python program (any standard-library module allowed) under `limits`;
     /// judged by its exit status and output.
-    pub async fn run_program(&self, source: &str, limits: Limits) -> Execution {
-        self.execute(program_invocation(source, limits)).await
+    ///
+    /// Queued at the call, like [`Sandbox::execute`].
+    pub fn run_program(
+        &self,
+        source: &str,
+        limits: Limits,
+    ) -> impl Future<Output = Execution> + Send + 'static {
+        self.execute(program_invocation(source, limits))
     }
 
     /// [`Sandbox::run_program`] for callers outside an async runtime.

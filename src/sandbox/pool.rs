@@ -47,18 +47,22 @@ impl Pool {
         self.workers.len()
     }
 
-    /// Runs `work` on a guest thread; a panic in it becomes `Err` with its message.
-    pub async fn run<T: Send + 'static>(
+    /// Queues `work` on a guest thread now (not when first polled, so a caller can start many
+    /// and go on with other work); the future yields its result, a panic in it as `Err`.
+    pub fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> impl std::future::Future<Output = Result<T, String>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move || {
+        let submitted = self.submit(Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(work)));
-        }))?;
-        rx.await
-            .map_err(|_| "guest thread went away".to_string())?
-            .map_err(panic_message)
+        }));
+        async move {
+            submitted?;
+            rx.await
+                .map_err(|_| "guest thread went away".to_string())?
+                .map_err(panic_message)
+        }
     }
 
     /// Like [`Pool::run`], blocking the calling (non-async) thread.
