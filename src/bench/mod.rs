@@ -1,6 +1,7 @@
 //! Benchmarks that `azr bench ...` and `cargo bench` run. Each reports ratios against a
 //! reference measured in the same process, so figures compare across machines.
 
+pub mod generate;
 pub mod sandbox;
 
 /// p-th percentile (0..=100) of durations in milliseconds, by nearest rank.

@@ -82,6 +82,8 @@ pub struct ReportArgs {
 pub enum BenchCommand {
     /// Task checks per second and latency, sandbox vs a native python3 subprocess per check.
     Sandbox(azr::bench::sandbox::Options),
+    /// Prefill and decode tokens per second of a model, per batch size, vs batch 1.
+    Generate(azr::bench::generate::Options),
 }
 
 impl Cli {
@@ -161,6 +163,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => model::generate(args),
         Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Eval(args) => eval::run(args, &config),
+        Command::Bench(BenchCommand::Generate(opts)) => {
+            let dir = azr::model::provision::resolve(&azr::assets::home(), &opts.model)?;
+            println!("{}", azr::bench::generate::run(&opts, &dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Sandbox(opts)) => {
             let report = azr::bench::sandbox::run(&opts, &config.sandbox)?;
             println!("{report}");

@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn prompts_use_the_chat_template_and_end_with_the_prefix() {
         let problem = &Bench::Humaneval.problems()[0];
-        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n";
+        let chatml = "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}{{ '<|im_start|>assistant\\n' }}";
         let chat = problem.prompt(Some(chatml)).unwrap();
         assert!(chat.starts_with("<|im_start|>user\nComplete"), "{chat}");
         assert!(chat.ends_with(&format!("<|im_start|>assistant\n{}", problem.prefix)));

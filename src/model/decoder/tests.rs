@@ -201,4 +201,14 @@ fn save_and_load_round_trip() {
         .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
     assert_eq!(back.config.hidden_size, 8);
+    // The file holds the HF layout, (out, in), though linear weights are held transposed.
+    let saved = candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev).unwrap();
+    let c = &model.config;
+    let gate = &saved["model.layers.0.mlp.gate_proj.weight"];
+    assert_eq!(gate.dims(), &[c.intermediate_size, c.hidden_size]);
+    let k = &saved["model.layers.0.self_attn.k_proj.weight"];
+    assert_eq!(
+        k.dims(),
+        &[c.num_key_value_heads * c.head_dim(), c.hidden_size]
+    );
 }
