@@ -110,7 +110,8 @@ pub fn generate(
     let mut cache = KvCache::default();
     let mut input = Tensor::from_vec(ids, (b, width), &device)?;
     let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
-    let mut active = vec![true; b];
+    // The prompt row of each batch position; rows leave the batch when they finish.
+    let mut live: Vec<usize> = (0..b).collect();
     for _ in 0..config.max_new_tokens {
         let key_mask = match padded {
             true => Some(mask_tensor(&mask, &device)?),
@@ -123,36 +124,39 @@ pub fn generate(
             .squeeze(1)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec2()?;
-        let mut next = Vec::with_capacity(b);
-        for (row, logits) in logits.iter().enumerate() {
-            if !active[row] {
-                next.push(pad);
-                continue;
-            }
+        let mut next = Vec::with_capacity(live.len());
+        let mut keep = Vec::with_capacity(live.len());
+        for (pos, logits) in logits.iter().enumerate() {
             let (token, logprob) = sample::choose(logits, sampling, &mut rng);
-            let g = &mut out[row];
+            let g = &mut out[live[pos]];
             g.tokens.push(token);
             g.logprobs.push(logprob);
             if tokenizer.eos_ids().contains(&token) {
                 g.finish = Finish::Eos;
-                active[row] = false;
-            } else {
-                let text = tokenizer.decode(&g.tokens);
-                if config.stop.iter().any(|s| text.contains(s.as_str())) {
-                    g.finish = Finish::Stop;
-                    active[row] = false;
-                }
+                continue;
             }
+            let text = tokenizer.decode(&g.tokens);
+            if config.stop.iter().any(|s| text.contains(s.as_str())) {
+                g.finish = Finish::Stop;
+                continue;
+            }
+            keep.push(pos);
             next.push(token);
         }
-        // The next column holds real tokens for active rows; finished rows are ignored.
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < live.len() {
+            let rows: Vec<u32> = keep.iter().map(|&p| p as u32).collect();
+            cache.keep_rows(&Tensor::new(rows.as_slice(), &device)?)?;
+            live = keep.iter().map(|&p| live[p]).collect();
+            mask = keep.iter().map(|&p| std::mem::take(&mut mask[p])).collect();
+        }
+        // The next column holds a real token for every live row.
         for m in &mut mask {
             m.push(1);
         }
-        if !active.iter().any(|a| *a) {
-            break;
-        }
-        input = Tensor::from_vec(next, (b, 1), &device)?;
+        input = Tensor::from_vec(next, (live.len(), 1), &device)?;
     }
     for g in &mut out {
         let text = tokenizer.decode(&g.tokens);

@@ -66,6 +66,34 @@ fn greedy_output_is_the_same_alone_and_in_a_batch_of_eight() {
     }
 }
 
+/// Rows that stop early leave the batch (their cache rows are dropped); the rest go on exactly
+/// as they would alone.
+#[test]
+fn rows_that_finish_early_leave_the_others_unchanged() {
+    let model = model();
+    let config = GenerateConfig {
+        // Picked from this model's greedy outputs so rows stop after 2 to 5 tokens, or never.
+        stop: vec!["ec".into(), "fafa".into(), "gfg".into()],
+        ..greedy(12)
+    };
+    let batch = generate(&model, &Letters, &prompts(), &config).unwrap();
+    let lengths: std::collections::BTreeSet<_> = batch.iter().map(|g| g.tokens.len()).collect();
+    assert!(
+        lengths.len() > 2,
+        "rows should finish at different steps: {lengths:?}"
+    );
+    for (prompt, together) in prompts().iter().zip(&batch) {
+        let alone = generate(&model, &Letters, std::slice::from_ref(prompt), &config)
+            .unwrap()
+            .remove(0);
+        assert_eq!(alone.tokens, together.tokens, "prompt {prompt:?}");
+        assert_eq!(alone.finish, together.finish);
+        for (a, b) in alone.logprobs.iter().zip(&together.logprobs) {
+            assert!((a - b).abs() < 1e-4, "prompt {prompt:?}: {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn sampled_log_probs_match_a_full_forward_pass() {
     let model = model();

@@ -68,6 +68,16 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keeps only the batch rows at `rows` (a u32 index tensor), in that order: finished
+    /// sequences leave the batch, so later steps compute only the live ones.
+    pub fn keep_rows(&mut self, rows: &Tensor) -> candle_core::Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// A loaded decoder.
