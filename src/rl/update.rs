@@ -141,24 +141,6 @@ fn mean_std(xs: &[f32]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Adds `grads` of `params` into `total`.
-fn accumulate(total: &mut Option<GradStore>, grads: GradStore, params: &[&Var]) -> Result<()> {
-    let Some(total) = total else {
-        *total = Some(grads);
-        return Ok(());
-    };
-    for p in params {
-        if let Some(g) = grads.get(p) {
-            let sum = match total.get(p) {
-                Some(t) => (t + g)?,
-                None => g.clone(),
-            };
-            total.insert(p, sum);
-        }
-    }
-    Ok(())
-}
-
 /// Indices of the rollouts that carry tokens (empty completions have nothing to score).
 fn with_tokens(rollouts: &[Rollout]) -> Vec<usize> {
     (0..rollouts.len())
@@ -299,7 +281,11 @@ pub fn update(
             loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             stats += s;
             // Backward per micro-batch frees its graph before the next forward.
-            accumulate(&mut grads, loss.backward()?, &params)?;
+            let step_grads = loss.backward()?;
+            match &mut grads {
+                Some(total) => crate::rl::optim::accumulate(total, &step_grads, &params)?,
+                None => grads = Some(step_grads),
+            }
         }
         metrics.lr = optimizer.config.lr_at(optimizer.step);
         metrics.grad_norm = optimizer.step(grads.as_ref().expect("at least one micro-batch"))?;
