@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-pub use sample::Weighting;
+pub use sample::{References, Weighting};
 pub use stats::{Stats, TypeStats};
 
 use crate::tasks::validate::Rejection;

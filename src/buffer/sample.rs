@@ -35,22 +35,33 @@ impl Weighting {
     }
 }
 
-impl Buffer {
-    /// Up to `k` distinct tasks of `task_type`, drawn with `weighting`.
-    pub fn sample_references<R: Rng + ?Sized>(
+/// The tasks of one type, loaded once and drawn from many times (one draw per proposal).
+pub struct References {
+    tasks: Vec<StoredTask>,
+    newest: i64,
+}
+
+impl References {
+    /// Up to `k` distinct tasks, drawn with `weighting`.
+    pub fn draw<R: Rng + ?Sized>(
         &self,
-        task_type: TaskType,
         k: usize,
         weighting: Weighting,
         rng: &mut R,
-    ) -> Result<Vec<StoredTask>, BufferError> {
+    ) -> Vec<StoredTask> {
+        self.tasks
+            .sample_weighted(rng, k, |t| weighting.weight(t, self.newest))
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Buffer {
+    /// Every task of `task_type`, to draw proposal references from.
+    pub fn references(&self, task_type: TaskType) -> Result<References, BufferError> {
         let tasks = self.tasks(Some(task_type))?;
         let newest = tasks.iter().map(|t| t.step).max().unwrap_or(0);
-        let picked = tasks
-            .sample_weighted(rng, k, |t| weighting.weight(t, newest))
-            .map(|it| it.cloned().collect())
-            .unwrap_or_default();
-        Ok(picked)
+        Ok(References { tasks, newest })
     }
 
     /// Up to `n` distinct tasks of `task_type` for the solver: tasks it has never met first,

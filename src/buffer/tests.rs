@@ -154,8 +154,9 @@ fn reference_sampling_is_deterministic_under_a_seed() {
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
             buffer
-                .sample_references(TaskType::Deduction, 5, weighting, &mut rng)
+                .references(TaskType::Deduction)
                 .unwrap()
+                .draw(5, weighting, &mut rng)
                 .iter()
                 .map(|t| t.id)
                 .collect::<Vec<_>>()
@@ -168,8 +169,9 @@ fn reference_sampling_is_deterministic_under_a_seed() {
     }
     let mut rng = StdRng::seed_from_u64(1);
     assert!(buffer
-        .sample_references(TaskType::Induction, 5, Weighting::Uniform, &mut rng)
+        .references(TaskType::Induction)
         .unwrap()
+        .draw(5, Weighting::Uniform, &mut rng)
         .is_empty());
 }
 
@@ -182,8 +184,9 @@ fn recent_weighting_prefers_later_steps() {
         let mut total = 0;
         for _ in 0..200 {
             total += buffer
-                .sample_references(TaskType::Deduction, 1, w, &mut rng)
-                .unwrap()[0]
+                .references(TaskType::Deduction)
+                .unwrap()
+                .draw(1, w, &mut rng)[0]
                 .step;
         }
         total as f64 / 200.0

@@ -108,15 +108,18 @@ fn proposal_prompts(s: &mut Step) -> Result<Vec<Proposal>, SelfplayError> {
     let c = &s.config.selfplay;
     let banned = &s.config.sandbox.banned_modules;
     let mut out = Vec::new();
+    // Each type's tasks are read from the buffer once per step, not once per proposal.
+    let mut pools = HashMap::new();
+    for t in [TaskType::Deduction, TaskType::Abduction] {
+        pools.insert(t, s.buffer.references(t)?);
+    }
     for task_type in TaskType::ALL {
         for i in 0..c.propose_batch {
             let proposal = match task_type {
                 TaskType::Induction => {
                     // The program comes from the deduction/abduction buffers, alternately.
                     let source = [TaskType::Deduction, TaskType::Abduction][i % 2];
-                    let picked =
-                        s.buffer
-                            .sample_references(source, 1, c.reference_weighting, s.rng)?;
+                    let picked = pools[&source].draw(1, c.reference_weighting, s.rng);
                     let Some(from) = picked.first() else { continue };
                     Proposal {
                         task_type,
@@ -130,12 +133,7 @@ fn proposal_prompts(s: &mut Step) -> Result<Vec<Proposal>, SelfplayError> {
                     }
                 }
                 _ => {
-                    let refs = s.buffer.sample_references(
-                        task_type,
-                        c.references,
-                        c.reference_weighting,
-                        s.rng,
-                    )?;
+                    let refs = pools[&task_type].draw(c.references, c.reference_weighting, s.rng);
                     let tasks: Vec<Task> = refs.iter().map(|r| r.task.clone()).collect();
                     Proposal {
                         task_type,
