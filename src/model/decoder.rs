@@ -80,6 +80,15 @@ impl KvCache {
     }
 }
 
+/// What every block of one forward pass shares: the rotary tables for its positions, the
+/// attention mask, and whether it records a graph for backward.
+struct Pass {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    grad: bool,
+}
+
 /// A loaded decoder.
 pub struct Model {
     pub config: ModelConfig,
@@ -321,9 +330,12 @@ impl Model {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        let mask = self.attention_mask(b, t, offset, key_mask)?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        let pass = Pass {
+            cos: self.cos.narrow(0, offset, t)?,
+            sin: self.sin.narrow(0, offset, t)?,
+            mask: self.attention_mask(b, t, offset, key_mask)?,
+            grad,
+        };
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
@@ -333,7 +345,7 @@ impl Model {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.block(block, &x, &cos, &sin, mask.as_ref(), layer_cache, grad)?;
+            x = self.block(block, &x, &pass, layer_cache)?;
         }
         if let Some(c) = cache {
             c.len += t;
@@ -387,37 +399,36 @@ impl Model {
         Ok(Some(mask.to_dtype(self.dtype)?))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         block: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        pass: &Pass,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        grad: bool,
     ) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let h = ops::rms_norm(x, &block.input_layernorm, eps, grad)?;
-        let attn = self.attention(block, &h, cos, sin, mask, cache, grad)?;
+        let h = ops::rms_norm(x, &block.input_layernorm, eps, pass.grad)?;
+        let attn = self.attention(block, &h, pass, cache)?;
         let x = (x + attn)?;
-        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, grad)?;
+        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad)?;
         let mlp = block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?;
         x + block.down_proj.forward(&mlp?)?
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         block: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        pass: &Pass,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        grad: bool,
     ) -> candle_core::Result<Tensor> {
+        let Pass {
+            cos,
+            sin,
+            mask,
+            grad,
+        } = pass;
+        let (mask, grad) = (mask.as_ref(), *grad);
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
