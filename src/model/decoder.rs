@@ -346,6 +346,13 @@ impl Model {
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = self.block(block, &x, &pass, layer_cache)?;
+            // Weights are Vars, so every op records its inputs for backward. Without a
+            // backward to come, cutting the graph here frees each block's activations as soon
+            // as the next block has used them (batch-8 prefill of 600 tokens: 10.5 GB -> see
+            // BENCHMARKS.md).
+            if !grad {
+                x = x.detach();
+            }
         }
         if let Some(c) = cache {
             c.len += t;
@@ -444,7 +451,12 @@ impl Model {
                     Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                     None => (k, v),
                 };
-                *slot = Some(kv.clone());
+                // Detached when not training: otherwise each step's cache would hold the graph
+                // of every earlier step.
+                *slot = Some(match grad {
+                    true => kv.clone(),
+                    false => (kv.0.detach(), kv.1.detach()),
+                });
                 kv
             }
             None => (k, v),
