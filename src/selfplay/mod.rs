@@ -53,6 +53,9 @@ pub enum SelfplayError {
     Compute(#[from] candle_core::Error),
     #[error("{0}")]
     Config(String),
+    /// A spawned check panicked or was cancelled: a bug, not bad model output.
+    #[error("a sandbox check did not finish: {0} (please report this)")]
+    Check(String),
 }
 
 /// How to run.

@@ -38,18 +38,28 @@ impl Policy {
         config: &GenerateConfig,
         batch: usize,
     ) -> Result<Vec<Generation>, ModelError> {
+        self.sample_with(prompts, config, batch, |_, _| {})
+    }
+
+    /// [`Policy::sample`], calling `done(start, batch)` as each batch finishes (its first
+    /// prompt's index, its completions), so a caller can start checking them while the next
+    /// batch generates.
+    pub fn sample_with(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerateConfig,
+        batch: usize,
+        mut done: impl FnMut(usize, &[Generation]),
+    ) -> Result<Vec<Generation>, ModelError> {
         let mut out = Vec::with_capacity(prompts.len());
         for (k, chunk) in prompts.chunks(batch.max(1)).enumerate() {
             let config = GenerateConfig {
                 seed: config.seed.wrapping_add(k as u64),
                 ..config.clone()
             };
-            out.extend(generate::generate(
-                &self.model,
-                &self.tokenizer,
-                chunk,
-                &config,
-            )?);
+            let generated = generate::generate(&self.model, &self.tokenizer, chunk, &config)?;
+            done(out.len(), &generated);
+            out.extend(generated);
         }
         Ok(out)
     }

@@ -2,6 +2,7 @@
 //! metrics; the caller logs them and checkpoints.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -95,6 +96,7 @@ pub fn group_of(task_type: TaskType, role: Role) -> u64 {
     t * 2 + u64::from(role == Role::Solver)
 }
 
+#[derive(Clone)]
 struct Proposal {
     task_type: TaskType,
     prompt: Vec<u32>,
@@ -194,6 +196,18 @@ pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64)
     }
 }
 
+/// The results of spawned checks, in order.
+async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Result<Vec<T>, SelfplayError> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(
+            task.await
+                .map_err(|e| SelfplayError::Check(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Runs the step.
 pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     let started = Instant::now();
@@ -207,22 +221,29 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
 
     // 1. Propose.
     let proposals = proposal_prompts(s)?;
+    // 2. Validate in the sandbox, each batch while the next one generates; valid tasks go
+    // into the buffer. `sandbox_seconds` counts only the wait after generation.
     let t = Instant::now();
     let prompt_tokens: Vec<Vec<u32>> = proposals.iter().map(|p| p.prompt.clone()).collect();
-    let proposed = s.policy.sample(
+    let shared = Arc::new(config.clone());
+    let mut checks = Vec::with_capacity(proposals.len());
+    let proposed = s.policy.sample_with(
         &prompt_tokens,
         &sampling(s, c.propose_tokens, 1),
         c.generate_batch,
+        |start, batch| {
+            for (p, g) in proposals[start..].iter().zip(batch) {
+                let (sandbox, config, p) = (sandbox.clone(), shared.clone(), p.clone());
+                let text = with_stop(g);
+                checks.push(tokio::spawn(async move {
+                    validate_one(&sandbox, &config, &p, &text).await
+                }));
+            }
+        },
     )?;
     m.generate_seconds += t.elapsed().as_secs_f64();
-
-    // 2. Validate in the sandbox, all at once; valid tasks go into the buffer.
     let t = Instant::now();
-    let checks = proposals
-        .iter()
-        .zip(&proposed)
-        .map(|(p, g)| async move { validate_one(sandbox, config, p, &with_stop(g)).await });
-    let validated = futures::future::join_all(checks).await;
+    let validated = joined(checks).await?;
     let mut new_task: Vec<Option<i64>> = Vec::with_capacity(proposals.len());
     for ((p, g), result) in proposals.iter().zip(&proposed).zip(validated) {
         m.of(p.task_type).proposals += 1;
@@ -264,21 +285,29 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
         let prompt = s.policy.render(&prompts::solve(&task.task, banned))?;
         solve_prompts.extend(std::iter::repeat_n(prompt, c.samples));
     }
+    // A task's answers are judged as soon as its last sample is generated.
     let t = Instant::now();
-    let answers = s.policy.sample(
+    let mut texts: Vec<String> = Vec::with_capacity(solve_prompts.len());
+    let mut judging = Vec::with_capacity(tasks.len());
+    let answers = s.policy.sample_with(
         &solve_prompts,
         &sampling(s, c.solve_tokens, 2),
         c.generate_batch,
+        |_, batch| {
+            texts.extend(batch.iter().map(with_stop));
+            while (judging.len() + 1) * c.samples <= texts.len() {
+                let k = judging.len();
+                let answers = texts[k * c.samples..(k + 1) * c.samples].to_vec();
+                let (sandbox, task) = (sandbox.clone(), tasks[k].task.clone());
+                judging.push(tokio::spawn(async move {
+                    reward::judge(&sandbox, &task, &answers).await
+                }));
+            }
+        },
     )?;
     m.generate_seconds += t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let judged = futures::future::join_all(tasks.iter().zip(answers.chunks(c.samples)).map(
-        |(task, gens)| {
-            let texts: Vec<String> = gens.iter().map(with_stop).collect();
-            async move { reward::judge(sandbox, &task.task, &texts).await }
-        },
-    ))
-    .await;
+    let judged = joined(judging).await?;
     m.sandbox_seconds += t.elapsed().as_secs_f64();
 
     // 4. Reward both roles.
