@@ -322,6 +322,16 @@ fn eval_explains_bad_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("known model name"), "{}", text(&out));
 
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    let out = azr(&["eval", "--bench", "mbpp", "--model", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("has no checkpoint yet"),
+        "{}",
+        text(&out)
+    );
+
     let out = azr(&["eval", "--bench", "mbpp", "--n", "4"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--temperature"), "{}", text(&out));
