@@ -20,9 +20,8 @@ use super::{ops, ModelError};
 const MASKED: f64 = -1e9;
 
 struct Linear {
-    /// (in, out): the transpose of the HF layout. gemm uses a row-major right-hand side in
-    /// place instead of repacking the whole weight on every call (BENCHMARKS.md); `save`
-    /// writes the HF layout back.
+    /// (out, in), the HF layout. Holding it transposed spares gemm a repack per call but made
+    /// the training step slower and bigger (BENCHMARKS.md).
     weight: Var,
     bias: Option<Var>,
 }
@@ -31,7 +30,7 @@ impl Linear {
     /// x (b, t, in) -> (b, t, out)
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, n) = x.dims3()?;
-        let y = x.reshape((b * t, n))?.matmul(&self.weight)?;
+        let y = x.reshape((b * t, n))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -129,9 +128,8 @@ impl Loader<'_> {
     }
 
     fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear, ModelError> {
-        let weight = self.var(&format!("{prefix}.weight"))?;
         Ok(Linear {
-            weight: Var::from_tensor(&weight.t()?.contiguous()?)?,
+            weight: self.var(&format!("{prefix}.weight"))?,
             bias: match bias {
                 true => Some(self.var(&format!("{prefix}.bias"))?),
                 false => self.optional(&format!("{prefix}.bias"))?,
@@ -242,26 +240,12 @@ impl Model {
         self.dtype
     }
 
-    /// Every trainable parameter with its HF name, in a fixed order. Linear weights are held
-    /// transposed, (in, out); [`Model::save`] writes them in the HF layout.
+    /// Every trainable parameter with its HF name, in a fixed order.
     pub fn named_vars(&self) -> Vec<(String, &Var)> {
-        self.params().into_iter().map(|(n, v, _)| (n, v)).collect()
-    }
-
-    /// Parameters, each flagged when it is a transposed linear weight.
-    fn params(&self) -> Vec<(String, &Var, bool)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            &self.embed_tokens,
-            false,
-        )];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                &b.input_layernorm,
-                false,
-            ));
+            out.push((format!("{p}.input_layernorm.weight"), &b.input_layernorm));
             for (name, lin) in [
                 ("self_attn.q_proj", &b.q_proj),
                 ("self_attn.k_proj", &b.k_proj),
@@ -271,20 +255,19 @@ impl Model {
                 ("mlp.up_proj", &b.up_proj),
                 ("mlp.down_proj", &b.down_proj),
             ] {
-                out.push((format!("{p}.{name}.weight"), &lin.weight, true));
+                out.push((format!("{p}.{name}.weight"), &lin.weight));
                 if let Some(bias) = &lin.bias {
-                    out.push((format!("{p}.{name}.bias"), bias, false));
+                    out.push((format!("{p}.{name}.bias"), bias));
                 }
             }
             out.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 &b.post_attention_layernorm,
-                false,
             ));
         }
-        out.push(("model.norm.weight".to_string(), &self.norm, false));
+        out.push(("model.norm.weight".to_string(), &self.norm));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head, false));
+            out.push(("lm_head.weight".to_string(), head));
         }
         out
     }
@@ -293,15 +276,11 @@ impl Model {
     /// `transformers`).
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        let tensors = self
-            .params()
+        let tensors: HashMap<String, Tensor> = self
+            .named_vars()
             .into_iter()
-            .map(|(n, v, transposed)| match transposed {
-                true => Ok((n, v.as_tensor().t()?.contiguous()?)),
-                false => Ok((n, v.as_tensor().clone())),
-            })
-            .collect::<candle_core::Result<HashMap<String, Tensor>>>()
-            .map_err(|e| ModelError::candle(dir, e))?;
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
         let path = dir.join("model.safetensors");
         candle_core::safetensors::save(&tensors, &path)
             .map_err(|e| ModelError::candle(&path, e))?;

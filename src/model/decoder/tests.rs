@@ -201,7 +201,7 @@ fn save_and_load_round_trip() {
         .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
     assert_eq!(back.config.hidden_size, 8);
-    // The file holds the HF layout, (out, in), though linear weights are held transposed.
+    // The file holds the HF layout, (out, in).
     let saved = candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev).unwrap();
     let c = &model.config;
     let gate = &saved["model.layers.0.mlp.gate_proj.weight"];
