@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::buffer::Weighting;
+use crate::model::{DeviceSpec, Precision};
 use crate::rl::optim::OptimConfig;
 use crate::rl::update::UpdateConfig;
 use crate::sandbox::Limits;
@@ -37,6 +38,10 @@ pub struct Config {
 pub struct RunConfig {
     /// The model to start from: a known name (fetched on first use) or a Hugging Face folder.
     pub model: String,
+    /// Where the model, generation and the update run: `cpu`, `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
+    /// The weights' dtype: `auto` (f32 on the CPU, bf16 on a GPU), `f32` or `bf16`.
+    pub dtype: Precision,
     /// Seeds every random choice of the run (sampling, buffer draws).
     pub seed: u64,
     /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
@@ -53,6 +58,8 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             model: "qwen2.5-coder-0.5b-instruct".into(),
+            device: DeviceSpec::Cpu,
+            dtype: Precision::Auto,
             seed: 0,
             save_every: 1,
             keep_checkpoints: 3,

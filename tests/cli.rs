@@ -249,6 +249,45 @@ fn model_commands_explain_bad_input() {
     assert!(text(&out).contains("no config.json"), "{}", text(&out));
 }
 
+/// A device the build cannot use is refused before any model is loaded, saying what to do.
+#[test]
+fn device_flags_explain_bad_devices() {
+    let out = azr(&["generate", "--prompt", "hi", "--device", "gpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("use cpu, cuda or cuda:N"),
+        "{}",
+        text(&out)
+    );
+    if cfg!(not(feature = "cuda")) {
+        for args in [
+            &["generate", "--prompt", "hi", "--device", "cuda"][..],
+            &[
+                "eval",
+                "--bench",
+                "humaneval",
+                "--device",
+                "cuda:1",
+                "--limit",
+                "1",
+            ],
+            &[
+                "selfplay",
+                "--steps",
+                "1",
+                "--device",
+                "cuda",
+                "--run",
+                "/nonexistent/run",
+            ],
+        ] {
+            let out = azr(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert!(text(&out).contains("--features cuda"), "{}", text(&out));
+        }
+    }
+}
+
 #[test]
 fn generate_and_model_info_work_on_the_small_model() {
     let out = azr(&["model", "info", "smollm2-135m-instruct"]);

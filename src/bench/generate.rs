@@ -5,9 +5,9 @@
 use std::fmt;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
-use crate::model::{KvCache, Model};
+use crate::model::{DeviceSpec, KvCache, Model, ModelConfig};
 
 /// Options of the generation benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +27,13 @@ pub struct Options {
     /// Weight dtype: f32, or bf16 (half the memory traffic).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Draw the weights at random in the shapes of --model's config.json (the folder needs
+    /// nothing else): measures architectures whose weights are not on the machine.
+    #[arg(long)]
+    pub random_weights: bool,
 }
 
 /// One batch size's figures.
@@ -55,7 +62,11 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    let model = Model::load(dir, &Device::Cpu, dtype)?;
+    let device = opts.device.open()?;
+    let model = match opts.random_weights {
+        true => Model::random(ModelConfig::load(dir)?, 0, &device, dtype)?,
+        false => Model::load(dir, &device, dtype)?,
+    };
     let vocab = model.config.vocab_size as u32;
     // Warm-up: first calls allocate and page in the weights.
     measure(&model, 1, 8, 2, vocab)?;
@@ -72,29 +83,32 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
 }
 
 fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> anyhow::Result<Row> {
-    let device = Device::Cpu;
+    let device = model.device();
     let ids: Vec<u32> = (0..b * prompt).map(|i| (i as u32 * 7919) % vocab).collect();
     let mut cache = KvCache::default();
     let started = Instant::now();
     let hidden = model.forward(
-        &Tensor::from_vec(ids, (b, prompt), &device)?,
+        &Tensor::from_vec(ids, (b, prompt), device)?,
         None,
         Some(&mut cache),
         false,
     )?;
     model.logits(&hidden.narrow(1, prompt - 1, 1)?)?;
+    // A GPU queues work: time it done, not launched.
+    device.synchronize()?;
     let prefill = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for step in 0..new {
         let next: Vec<u32> = (0..b).map(|r| (r * 31 + step) as u32 % vocab).collect();
         let hidden = model.forward(
-            &Tensor::from_vec(next, (b, 1), &device)?,
+            &Tensor::from_vec(next, (b, 1), device)?,
             None,
             Some(&mut cache),
             false,
         )?;
         model.logits(&hidden)?;
     }
+    device.synchronize()?;
     let decode = started.elapsed().as_secs_f64();
     Ok(Row {
         batch: b,
@@ -109,9 +123,15 @@ impl fmt::Display for Report {
         let o = &self.options;
         writeln!(
             f,
-            "model {} ({}), prompt {} tokens, {} decoded, {} threads",
+            "model {}{} ({} on {}), prompt {} tokens, {} decoded, {} threads",
             self.model,
+            if o.random_weights {
+                ", random weights"
+            } else {
+                ""
+            },
             o.dtype,
+            o.device,
             o.prompt_tokens,
             o.new_tokens,
             rayon::current_num_threads()

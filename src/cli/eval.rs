@@ -5,13 +5,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use azr::config::Config;
 use azr::eval::{self, samples, Bench, Evaluation, Generator, Summary};
 use azr::generate::GenerateConfig;
-use azr::model::{Model, TextTokenizer};
+use azr::model::{DeviceSpec, Model, TextTokenizer};
 use azr::sandbox::Sandbox;
 
 /// Score a model, or an existing samples file, on a benchmark. Writes the summary (`--out`),
@@ -56,6 +55,10 @@ pub struct EvalArgs {
     /// than native, and some canonical MBPP solutions take 3 s natively.
     #[arg(long, value_name = "SECS", default_value_t = 20.0)]
     timeout: f64,
+    /// Run the model on this device (`cpu`, `cuda`, `cuda:N`); default: the config's
+    /// `run.device`, in its `run.dtype`.
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<DeviceSpec>,
 }
 
 pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<ExitCode> {
@@ -106,8 +109,10 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<ExitCode> {
         }
         None => {
             let name = args.model.as_deref().unwrap_or(&config.run.model);
+            // The device first: a bad one should not wait for a model download.
+            let device = args.device.unwrap_or(config.run.device).open()?;
             let dir = model_dir(name)?;
-            let model = Model::load(&dir, &Device::Cpu, DType::F32)?;
+            let model = Model::load(&dir, &device, config.run.dtype.dtype(&device))?;
             let tokenizer = TextTokenizer::load(&dir, &model.config.eos_ids())?;
             let sampling = GenerateConfig {
                 max_new_tokens: args.max_tokens.unwrap_or(args.bench.max_tokens()),

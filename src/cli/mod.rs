@@ -164,7 +164,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Eval(args) => eval::run(args, &config),
         Command::Bench(BenchCommand::Generate(opts)) => {
-            let dir = azr::model::provision::resolve(&azr::assets::home(), &opts.model)?;
+            let dir = match opts.random_weights {
+                true => PathBuf::from(&opts.model),
+                false => azr::model::provision::resolve(&azr::assets::home(), &opts.model)?,
+            };
             println!("{}", azr::bench::generate::run(&opts, &dir)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Subcommand;
 
 use azr::generate::{self, GenerateConfig};
-use azr::model::{gguf, provision, Model, ModelConfig, TextTokenizer};
+use azr::model::{gguf, provision, DeviceSpec, Model, ModelConfig, Precision, TextTokenizer};
 use azr::tasks::chat;
 use azr::tasks::prompts::ChatPrompt;
 
@@ -53,6 +53,9 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 pub fn model_dir(name_or_dir: &str) -> anyhow::Result<PathBuf> {
@@ -114,8 +117,9 @@ fn info(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let device = args.device.open()?;
     let dir = model_dir(&args.model)?;
-    let model = Model::load(&dir, &Device::Cpu, DType::F32)?;
+    let model = Model::load(&dir, &device, Precision::Auto.dtype(&device))?;
     let tokenizer = TextTokenizer::load(&dir, &model.config.eos_ids())?;
     let text = match (args.raw, tokenizer.chat_template()) {
         (false, Some(template)) => chat::apply_template(

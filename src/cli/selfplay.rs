@@ -8,6 +8,7 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use azr::config::Config;
+use azr::model::DeviceSpec;
 use azr::selfplay::{self, run_dir::RunDir, StepMetrics, TypeMetrics};
 
 /// Run self-play: propose tasks, validate them in the sandbox, solve them, update the model.
@@ -23,20 +24,24 @@ pub struct SelfplayArgs {
     /// --config is given).
     #[arg(long)]
     pub resume: bool,
+    /// Run on this device (`cpu`, `cuda`, `cuda:N`) instead of the config's `run.device`.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceSpec>,
 }
 
 impl SelfplayArgs {
     /// The config: --config, else on --resume the run's own, else the defaults.
+    /// `--device` applies on top.
     pub fn resolve_config(&self, given: Option<Config>) -> anyhow::Result<Config> {
-        if let Some(config) = given {
-            return Ok(config);
+        let mut config = match given {
+            Some(config) => config,
+            None if self.resume => RunDir::new(&self.run).stored_config()?.unwrap_or_default(),
+            None => Config::default(),
+        };
+        if let Some(device) = self.device {
+            config.run.device = device;
         }
-        if self.resume {
-            if let Some(stored) = RunDir::new(&self.run).stored_config()? {
-                return Ok(stored);
-            }
-        }
-        Ok(Config::default())
+        Ok(config)
     }
 }
 

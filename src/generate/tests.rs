@@ -176,3 +176,25 @@ fn same_seed_same_samples() {
     let b = generate(&model, &Letters, &prompts(), &config).unwrap();
     assert_eq!(a, b);
 }
+
+/// Greedy generation on the GPU writes what the CPU writes, with the same log-probs.
+#[cfg(feature = "cuda")]
+#[test]
+fn greedy_generation_on_the_gpu_matches_the_cpu() {
+    let gpu = Device::new_cuda(0).expect("this test needs an NVIDIA GPU");
+    let on_gpu = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        11,
+        &gpu,
+        DType::F32,
+    )
+    .unwrap();
+    let cpu = generate(&model(), &Letters, &prompts(), &greedy(12)).unwrap();
+    let got = generate(&on_gpu, &Letters, &prompts(), &greedy(12)).unwrap();
+    for (c, g) in cpu.iter().zip(&got) {
+        assert_eq!(c.tokens, g.tokens);
+        for (a, b) in c.logprobs.iter().zip(&g.logprobs) {
+            assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", c.logprobs, g.logprobs);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod gguf;
 pub mod logprobs;
 mod ops;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
 pub use decoder::{KvCache, Model};
+pub use device::{DeviceSpec, Precision};
 pub use tokenizer::TextTokenizer;
 
 /// Why a model could not be loaded, imported or run.
@@ -28,6 +30,8 @@ pub enum ModelError {
     Invalid { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
     Candle { path: PathBuf, detail: String },
+    #[error("cannot use device {0}")]
+    Device(String),
     #[error("model computation failed: {0}")]
     Compute(#[from] candle_core::Error),
     #[error(transparent)]

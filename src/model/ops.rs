@@ -89,6 +89,62 @@ impl candle_core::CustomOp1 for Softmax {
         Ok((out, layout.shape().clone()))
     }
 
+    /// candle's own softmax kernel (the one `softmax_last_dim` launches); only the backward is
+    /// ours. f32 and f64 only, as on the CPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{kernel_name, kernels, CudaStorage, CudaStorageSlice};
+        use candle_core::cuda_backend::{CudaDevice, WrapErr};
+
+        fn launch<
+            T: candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::WithDType,
+        >(
+            src: &candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+            dev: &CudaDevice,
+            layout: &candle_core::Layout,
+        ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("azr-softmax needs a contiguous input");
+            };
+            let src = src.slice(start..end);
+            let n = layout.shape().elem_count();
+            let dim = *layout.dims().last().unwrap_or(&1);
+            let cfg = LaunchConfig {
+                grid_dim: ((n / dim) as u32, 1, 1),
+                block_dim: (1, 32, 1),
+                shared_mem_bytes: 0,
+            };
+            let func = dev.get_or_load_func(&kernel_name::<T>("softmax"), &kernels::REDUCE)?;
+            // SAFETY: every element is written by the kernel before it is read.
+            let dst = unsafe { dev.alloc::<T>(n)? };
+            let mut builder = func.builder();
+            builder.arg(&src);
+            builder.arg(&dst);
+            candle_core::builder_arg!(builder, dim as i32);
+            // SAFETY: the argument list matches the kernel's signature in candle-kernels.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(dst)
+        }
+
+        let dev = storage.device();
+        let slice = match &storage.slice {
+            CudaStorageSlice::F32(s) => CudaStorageSlice::F32(launch(s, dev, layout)?),
+            CudaStorageSlice::F64(s) => CudaStorageSlice::F64(launch(s, dev, layout)?),
+            _ => candle_core::bail!("azr-softmax supports f32 and f64 (others are widened first)"),
+        };
+        let out = CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
         Ok(Some(grad_res.broadcast_sub(&dot)?.mul(res)?))

@@ -1,5 +1,5 @@
 //! Checkpoints: a Hugging Face folder (loadable by azr and by `transformers`) plus the optimiser
-//! moments (`optimizer.safetensors`) and the training state (`state.json`: step, optimiser step,
+//! moments and f32 master weights (`optimizer.safetensors`) and the training state (`state.json`: step, optimiser step,
 //! seed, the run's resolved config). Written to a temp folder and renamed into place, so a crash
 //! mid-write never leaves a broken latest checkpoint; the last `keep` are kept.
 //!
@@ -92,9 +92,13 @@ pub fn save(
         }
     }
     let mut moments = HashMap::new();
-    for ((name, _), (m, v)) in model.named_vars().iter().zip(optimizer.moments()) {
+    let state_of = optimizer.moments().iter().zip(optimizer.masters());
+    for ((name, _), ((m, v), master)) in model.named_vars().iter().zip(state_of) {
         moments.insert(format!("m.{name}"), m.clone());
         moments.insert(format!("v.{name}"), v.clone());
+        if let Some(w) = master {
+            moments.insert(format!("w.{name}"), w.clone());
+        }
     }
     let path = tmp.join("optimizer.safetensors");
     candle_core::safetensors::save(&moments, &path).map_err(|e| ModelError::candle(&path, e))?;
@@ -141,9 +145,17 @@ pub fn load(
         };
         moments.push((take(format!("m.{name}"))?, take(format!("v.{name}"))?));
     }
-    let params = named.into_iter().map(|(_, v)| v.clone()).collect();
+    let params = named.iter().map(|(_, v)| (*v).clone()).collect();
     let mut optimizer = AdamW::new(params, optim)?;
     optimizer.set_moments(moments, state.optimizer_step)?;
+    // A bf16 model's exact f32 weights (absent when the model file is f32 itself).
+    for (i, (name, _)) in named.iter().enumerate() {
+        if let Some(w) = saved.remove(&format!("w.{name}")) {
+            optimizer
+                .set_master(i, w)
+                .map_err(|e| ModelError::candle(&path, e))?;
+        }
+    }
     Ok((model, optimizer, state))
 }
 

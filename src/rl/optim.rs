@@ -76,6 +76,9 @@ pub struct AdamW {
     params: Vec<Var>,
     /// First and second moments, f32, one pair per parameter.
     moments: Vec<(Tensor, Tensor)>,
+    /// f32 master copies of parameters held in a narrower dtype: a bf16 weight cannot take an
+    /// update much smaller than 1/256 of itself, which at lr 1e-6 is every update.
+    masters: Vec<Option<Tensor>>,
     /// Updates taken so far.
     pub step: usize,
     pub config: OptimConfig,
@@ -92,9 +95,17 @@ impl AdamW {
                 ))
             })
             .collect::<Result<_>>()?;
+        let masters = params
+            .iter()
+            .map(|p| match p.dtype() {
+                DType::F32 | DType::F64 => Ok(None),
+                _ => p.to_dtype(DType::F32).map(Some),
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             params,
             moments,
+            masters,
             step: 0,
             config,
         })
@@ -103,6 +114,24 @@ impl AdamW {
     /// The moments, in parameter order (for checkpoints).
     pub fn moments(&self) -> &[(Tensor, Tensor)] {
         &self.moments
+    }
+
+    /// The f32 master copies, in parameter order (`None` where the parameter is f32 itself).
+    pub fn masters(&self) -> &[Option<Tensor>] {
+        &self.masters
+    }
+
+    /// Restores a master copy saved by a checkpoint (exact where the model file is bf16).
+    pub fn set_master(&mut self, index: usize, master: Tensor) -> Result<()> {
+        match self.masters.get_mut(index) {
+            Some(Some(m)) if m.shape() == master.shape() => {
+                *m = master.to_dtype(DType::F32)?;
+                Ok(())
+            }
+            _ => candle_core::bail!(
+                "checkpoint has a master copy for parameter {index}, which has none of that shape"
+            ),
+        }
     }
 
     /// Restores moments saved by a checkpoint.
@@ -151,7 +180,8 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for (p, (m, v)) in self.params.iter().zip(self.moments.iter_mut()) {
+        let slots = self.moments.iter_mut().zip(self.masters.iter_mut());
+        for (p, ((m, v), master)) in self.params.iter().zip(slots) {
             let Some(g) = grads.get(p) else { continue };
             if fused_path(p, g) {
                 let g = g.contiguous()?;
@@ -176,9 +206,15 @@ impl AdamW {
             *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&*m / bias1)? / ((&*v / bias2)?.sqrt()? + c.eps)?)?;
-            let p32 = p.as_tensor().to_dtype(DType::F32)?;
+            let p32 = match master {
+                Some(w) => w.clone(),
+                None => p.as_tensor().to_dtype(DType::F32)?,
+            };
             let next = ((p32 * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             p.set(&next.to_dtype(p.dtype())?)?;
+            if let Some(w) = master {
+                *w = next;
+            }
         }
         Ok(norm)
     }
@@ -326,6 +362,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Updates of 1e-4 vanish when rounded to a bf16 weight of 1.0 (spacing 2^-7); the f32
+    /// master copy adds them up, so 100 of them move the weight.
+    #[test]
+    fn bf16_weights_take_small_updates_through_the_master_copy() {
+        let c = OptimConfig {
+            lr: 1e-4,
+            ..Default::default()
+        };
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(
+            &Tensor::new(&[1.0f32], &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let mut opt = AdamW::new(vec![w.clone()], c).unwrap();
+        for _ in 0..100 {
+            let loss = w.as_tensor().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+        let master: Vec<f32> = opt.masters()[0].as_ref().unwrap().to_vec1().unwrap();
+        assert!((master[0] - 0.99).abs() < 1e-4, "{master:?}");
+        let weight: Vec<f32> = w.to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+        assert_eq!(weight[0], half::bf16::from_f32(master[0]).to_f32());
+        assert!(weight[0] < 1.0, "the weight never moved: {weight:?}");
     }
 
     #[test]

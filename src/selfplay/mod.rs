@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use rand::{rngs::StdRng, SeedableRng};
 
 pub use step::{group_of, StepMetrics, TypeMetrics, Validation};
@@ -86,13 +86,14 @@ pub async fn run(
 ) -> Result<Summary, SelfplayError> {
     let config = &opts.config;
     config.check_combinations().map_err(SelfplayError::Config)?;
+    let device = config.run.device.open()?;
+    let dtype = config.run.dtype.dtype(&device);
     let dir = RunDir::new(&opts.run);
     dir.prepare(config, opts.resume)?;
     let sandbox = Sandbox::new(&config.sandbox)?;
     let buffer = Buffer::open(&dir.buffer())?;
     let home = crate::assets::home();
     let base = provision::resolve(&home, &config.run.model)?;
-    let device = Device::Cpu;
 
     let resumed = match opts.resume {
         true => checkpoint::latest(&dir.checkpoints()),
@@ -100,13 +101,12 @@ pub async fn run(
     };
     let (model, mut optimizer, done) = match &resumed {
         Some(path) => {
-            let (model, optimizer, state) =
-                checkpoint::load(path, &device, DType::F32, config.optim)?;
+            let (model, optimizer, state) = checkpoint::load(path, &device, dtype, config.optim)?;
             tracing::info!(checkpoint = %path.display(), step = state.step, "resuming");
             (model, optimizer, state.step)
         }
         None => {
-            let model = Model::load(&base, &device, DType::F32)?;
+            let model = Model::load(&base, &device, dtype)?;
             let params = model
                 .named_vars()
                 .into_iter()

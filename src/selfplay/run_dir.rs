@@ -72,7 +72,9 @@ impl RunDir {
                 detail: String::new(),
             });
         }
-        if let Some(stored) = self.stored_config()? {
+        if let Some(mut stored) = self.stored_config()? {
+            // Where a run computes is not what it learns: it may resume on another device.
+            stored.run.device = config.run.device;
             if &stored != config {
                 return Err(RunDirError::OtherConfig {
                     dir: self.root.clone(),
@@ -141,4 +143,27 @@ fn differences(a: &Config, b: &Config) -> String {
     let mut out = Vec::new();
     walk("", &to_value(a), &to_value(b), &mut out);
     out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeviceSpec;
+
+    #[test]
+    fn a_resume_under_another_config_is_refused_but_another_device_is_not() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(root.path());
+        let config = Config::default();
+        dir.prepare(&config, false).unwrap();
+
+        let mut other = config.clone();
+        other.selfplay.samples += 1;
+        let err = dir.prepare(&other, true).unwrap_err().to_string();
+        assert!(err.contains("selfplay.samples: 4 -> 5"), "{err}");
+
+        let mut moved = config.clone();
+        moved.run.device = DeviceSpec::Cuda(1);
+        dir.prepare(&moved, true).unwrap();
+    }
 }

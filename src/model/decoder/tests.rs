@@ -212,3 +212,6 @@ fn save_and_load_round_trip() {
         &[c.num_key_value_heads * c.head_dim(), c.hidden_size]
     );
 }
+
+#[cfg(feature = "cuda")]
+mod cuda;

@@ -5,12 +5,12 @@ use crate::rl::update::{update, Rollout, UpdateConfig};
 
 const SEED: u64 = 77;
 
-fn fresh() -> (Model, AdamW) {
+fn fresh(dtype: DType) -> (Model, AdamW) {
     let model = Model::random(
         ModelConfig::tiny(Architecture::Qwen2, false),
         5,
         &Device::Cpu,
-        DType::F32,
+        dtype,
     )
     .unwrap();
     let params = model
@@ -68,7 +68,10 @@ fn weights(model: &Model) -> Vec<Vec<f32>> {
     model
         .named_vars()
         .iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .map(|(_, v)| {
+            let flat = v.as_tensor().flatten_all().unwrap();
+            flat.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+        })
         .collect()
 }
 
@@ -81,51 +84,49 @@ fn state(step: u64, optimizer: &AdamW) -> TrainState {
     }
 }
 
+/// Also for bf16 weights, whose f32 master copies must come back exactly.
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
-    let (model, mut optimizer) = fresh();
-    for step in 0..4 {
-        train_step(&model, &mut optimizer, step);
-    }
-    let uninterrupted = weights(&model);
+    for dtype in [DType::F32, DType::BF16] {
+        let (model, mut optimizer) = fresh(dtype);
+        for step in 0..4 {
+            train_step(&model, &mut optimizer, step);
+        }
+        let uninterrupted = weights(&model);
 
-    let root = tempfile::tempdir().unwrap();
-    let base = tempfile::tempdir().unwrap();
-    let (model, mut optimizer) = fresh();
-    for step in 0..3 {
-        train_step(&model, &mut optimizer, step);
-    }
-    save(
-        root.path(),
-        base.path(),
-        &model,
-        &optimizer,
-        &state(3, &optimizer),
-        2,
-    )
-    .unwrap();
-    drop((model, optimizer));
+        let root = tempfile::tempdir().unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let (model, mut optimizer) = fresh(dtype);
+        for step in 0..3 {
+            train_step(&model, &mut optimizer, step);
+        }
+        save(
+            root.path(),
+            base.path(),
+            &model,
+            &optimizer,
+            &state(3, &optimizer),
+            2,
+        )
+        .unwrap();
+        drop((model, optimizer));
 
-    let (model, mut optimizer, restored) = load(
-        &latest(root.path()).unwrap(),
-        &Device::Cpu,
-        DType::F32,
-        optim(),
-    )
-    .unwrap();
-    assert_eq!(restored.step, 3);
-    assert_eq!(optimizer.step, 3);
-    train_step(&model, &mut optimizer, restored.step);
-    assert_eq!(
-        weights(&model),
-        uninterrupted,
-        "resumed weights differ from an uninterrupted run"
-    );
+        let (model, mut optimizer, restored) =
+            load(&latest(root.path()).unwrap(), &Device::Cpu, dtype, optim()).unwrap();
+        assert_eq!(restored.step, 3);
+        assert_eq!(optimizer.step, 3);
+        train_step(&model, &mut optimizer, restored.step);
+        assert_eq!(
+            weights(&model),
+            uninterrupted,
+            "{dtype:?}: resumed weights differ from an uninterrupted run"
+        );
+    }
 }
 
 #[test]
 fn keeps_the_last_n_and_ignores_half_written_ones() {
-    let (model, optimizer) = fresh();
+    let (model, optimizer) = fresh(DType::F32);
     let root = tempfile::tempdir().unwrap();
     let base = tempfile::tempdir().unwrap();
     std::fs::write(base.path().join("tokenizer.json"), "{}").unwrap();

@@ -353,3 +353,80 @@ fn the_kl_penalty_needs_reference_log_probs_and_holds_the_policy_near_the_refere
         "KL with a strong penalty {strong} vs weak {weak}"
     );
 }
+
+/// One policy update on the GPU (composed AdamW, f32) moves the weights as the CPU's (in-place
+/// AdamW) does. A large eps keeps Adam from turning rounding-level gradients into full steps.
+#[cfg(feature = "cuda")]
+#[test]
+fn an_update_on_the_gpu_matches_the_cpu() {
+    let gpu = Device::new_cuda(0).expect("this test needs an NVIDIA GPU");
+    let optim = OptimConfig {
+        lr: 1e-2,
+        eps: 1e-3,
+        ..Default::default()
+    };
+    let (cpu_model, mut cpu_optimizer) = policy(Architecture::Qwen2, false, 5, DType::F32, optim);
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| vec![1 + i as u32, 2, 3]).collect();
+    let sampling = GenerateConfig {
+        max_new_tokens: 4,
+        temperature: 1.0,
+        top_p: 1.0,
+        seed: 9,
+        stop: vec![],
+    };
+    let rollouts: Vec<Rollout> = generate(&cpu_model, &Digits, &prompts, &sampling)
+        .unwrap()
+        .into_iter()
+        .zip(&prompts)
+        .map(|(g, p)| Rollout {
+            reward: g.tokens.iter().filter(|&&t| t == TARGET).count() as f32,
+            prompt: p.clone(),
+            completion: g.tokens,
+            logprobs: g.logprobs,
+            ref_logprobs: vec![],
+            task_group: 0,
+            prompt_group: 0,
+        })
+        .collect();
+    let config = UpdateConfig {
+        micro_batch: 2,
+        ..Default::default()
+    };
+    let gpu_model = Model::random(
+        ModelConfig::tiny(Architecture::Qwen2, false),
+        5,
+        &gpu,
+        DType::F32,
+    )
+    .unwrap();
+    let params = gpu_model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut gpu_optimizer = AdamW::new(params, optim).unwrap();
+    let on_cpu = update(&cpu_model, &mut cpu_optimizer, &rollouts, &config).unwrap();
+    let on_gpu = update(&gpu_model, &mut gpu_optimizer, &rollouts, &config).unwrap();
+    assert!(
+        (on_cpu.loss - on_gpu.loss).abs() < 1e-5,
+        "{on_cpu:?} vs {on_gpu:?}"
+    );
+    assert!((on_cpu.grad_norm - on_gpu.grad_norm).abs() < 1e-4 * on_cpu.grad_norm.max(1.0));
+    for ((name, c), (_, g)) in cpu_model.named_vars().iter().zip(gpu_model.named_vars()) {
+        let g = g.as_tensor().to_device(&Device::Cpu).unwrap();
+        let diff = (c.as_tensor() - g)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff < 1e-5,
+            "{name}: weights differ by {diff:.2e} after one update"
+        );
+    }
+}
