@@ -260,6 +260,8 @@ fn device_flags_explain_bad_devices() {
         text(&out)
     );
     if cfg!(not(feature = "cuda")) {
+        let run = tempfile::tempdir().unwrap();
+        let run = run.path().join("run");
         for args in [
             &["generate", "--prompt", "hi", "--device", "cuda"][..],
             &[
