@@ -32,6 +32,8 @@ fn every_command_has_help() {
         vec!["sandbox", "run", "--help"],
         vec!["sandbox", "eval", "--help"],
         vec!["bench", "sandbox", "--help"],
+        vec!["bench", "generate", "--help"],
+        vec!["bench", "update", "--help"],
         vec!["buffer", "stats", "--help"],
         vec!["buffer", "list", "--help"],
         vec!["buffer", "show", "--help"],
@@ -446,4 +448,68 @@ fn eval_writes_samples_results_and_summary_for_the_small_model() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(lines("again.results.jsonl"), results);
     assert!(!dir.path().join("again.samples.jsonl").exists());
+}
+
+/// Both model benchmarks run on random weights in a config's shapes, and print their tables.
+#[test]
+fn model_benchmarks_run_on_random_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "config.json",
+        r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 100, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "max_position_embeddings": 256, "tie_word_embeddings": true}"#,
+    );
+    let model = dir.path().to_str().unwrap();
+    let out = azr(&[
+        "bench",
+        "generate",
+        "--random-weights",
+        "--model",
+        model,
+        "--batch",
+        "1,2",
+        "--prompt-tokens",
+        "8",
+        "--new-tokens",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("| 2 |"), "{}", text(&out));
+    let out = azr(&[
+        "bench",
+        "update",
+        "--random-weights",
+        "--model",
+        model,
+        "--sequences",
+        "4",
+        "--prompt-tokens",
+        "8",
+        "--completion-tokens",
+        "8",
+        "--micro-batch",
+        "2",
+        "--repeats",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("update: forward, backward, AdamW"),
+        "{}",
+        text(&out)
+    );
+    let out = azr(&[
+        "bench",
+        "update",
+        "--random-weights",
+        "--model",
+        model,
+        "--sequences",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("at least 1"), "{}", text(&out));
 }

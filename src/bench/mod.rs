@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod sandbox;
+pub mod update;
 
 /// p-th percentile (0..=100) of durations in milliseconds, by nearest rank.
 pub fn percentile(sorted_ms: &[f64], p: f64) -> f64 {

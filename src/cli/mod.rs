@@ -84,6 +84,17 @@ pub enum BenchCommand {
     Sandbox(azr::bench::sandbox::Options),
     /// Prefill and decode tokens per second of a model, per batch size, vs batch 1.
     Generate(azr::bench::generate::Options),
+    /// One policy update (forward, loss, backward, AdamW) against a plain forward.
+    Update(azr::bench::update::Options),
+}
+
+/// A benchmark's model folder: with random weights only its config.json is read, so it need
+/// not be a provisioned model.
+fn bench_model(model: &str, random_weights: bool) -> anyhow::Result<PathBuf> {
+    match random_weights {
+        true => Ok(PathBuf::from(model)),
+        false => Ok(azr::model::provision::resolve(&azr::assets::home(), model)?),
+    }
 }
 
 impl Cli {
@@ -164,11 +175,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Buffer(cmd) => buffer::run(cmd, &config),
         Command::Eval(args) => eval::run(args, &config),
         Command::Bench(BenchCommand::Generate(opts)) => {
-            let dir = match opts.random_weights {
-                true => PathBuf::from(&opts.model),
-                false => azr::model::provision::resolve(&azr::assets::home(), &opts.model)?,
-            };
+            let dir = bench_model(&opts.model, opts.random_weights)?;
             println!("{}", azr::bench::generate::run(&opts, &dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Update(opts)) => {
+            let dir = bench_model(&opts.model, opts.random_weights)?;
+            println!("{}", azr::bench::update::run(&opts, &dir)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Sandbox(opts)) => {

@@ -1,0 +1,198 @@
+//! `azr bench update`: one policy update (forward, clipped policy-gradient loss, backward,
+//! AdamW) on a batch of fixed sequences, against a no-gradient forward over the same batch in
+//! the same process: the ratio says what training costs per token beyond reading it.
+
+use std::fmt;
+use std::time::Instant;
+
+use candle_core::DType;
+
+use crate::model::logprobs::{completion_logprobs, Scored};
+use crate::model::{DeviceSpec, Model, ModelConfig};
+use crate::rl::optim::{AdamW, OptimConfig};
+use crate::rl::update::{peak_rss_mb, update, Rollout, UpdateConfig};
+
+/// Options of the update benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// A model folder or a known model name.
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    pub model: String,
+    /// Sequences in the batch.
+    #[arg(long, default_value_t = 8)]
+    pub sequences: usize,
+    /// Prompt tokens per sequence (scored as context, no loss).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Completion tokens per sequence (the loss's tokens).
+    #[arg(long, default_value_t = 128)]
+    pub completion_tokens: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: usize,
+    /// Timed updates (after one untimed warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Weight dtype: f32, or bf16 (with f32 master copies in the optimiser).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Draw the weights at random in the shapes of --model's config.json.
+    #[arg(long)]
+    pub random_weights: bool,
+}
+
+pub struct Report {
+    pub model: String,
+    pub options: Options,
+    pub parameters: usize,
+    /// Median seconds of a no-gradient forward (log-probs) over the batch.
+    pub forward_secs: f64,
+    /// Median seconds of one update.
+    pub update_secs: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Runs the benchmark on the model in `dir`.
+pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        opts.sequences >= 1 && opts.micro_batch >= 1 && opts.repeats >= 1,
+        "--sequences, --micro-batch and --repeats must be at least 1"
+    );
+    anyhow::ensure!(
+        opts.prompt_tokens >= 1 && opts.completion_tokens >= 1,
+        "--prompt-tokens and --completion-tokens must be at least 1"
+    );
+    let dtype = match opts.dtype.as_str() {
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let device = opts.device.open()?;
+    let model = match opts.random_weights {
+        true => Model::random(ModelConfig::load(dir)?, 0, &device, dtype)?,
+        false => Model::load(dir, &device, dtype)?,
+    };
+    let vocab = model.config.vocab_size as u32;
+    let tokens = |row: usize, n: usize, salt: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((row * 7919 + i * 104_729 + salt) as u32) % vocab)
+            .collect()
+    };
+    let mut rollouts: Vec<Rollout> = (0..opts.sequences)
+        .map(|row| Rollout {
+            prompt: tokens(row, opts.prompt_tokens, 1),
+            completion: tokens(row, opts.completion_tokens, 2),
+            logprobs: vec![],
+            ref_logprobs: vec![],
+            // Half rewarded, so every sequence has a non-zero advantage.
+            reward: (row % 2) as f32,
+            task_group: 0,
+            prompt_group: 0,
+        })
+        .collect();
+
+    // The sampling-time log-probs are the current policy's, as right after generation.
+    let forward = || -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for chunk in rollouts.chunks(opts.micro_batch) {
+            let batch: Vec<Scored> = chunk
+                .iter()
+                .map(|r| Scored {
+                    prompt: &r.prompt,
+                    completion: &r.completion,
+                })
+                .collect();
+            let flat: Vec<f32> = completion_logprobs(&model, &batch, 1.0, false)?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            out.extend(flat.chunks(opts.completion_tokens).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    };
+    let mut forward_secs = Vec::new();
+    let mut logprobs = forward()?;
+    for _ in 0..opts.repeats {
+        let started = Instant::now();
+        logprobs = forward()?;
+        forward_secs.push(started.elapsed().as_secs_f64());
+    }
+    for (r, lp) in rollouts.iter_mut().zip(logprobs) {
+        r.logprobs = lp;
+    }
+
+    let params = model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    // A learning rate of 0 keeps every timed update on the same weights and the same work.
+    let mut optimizer = AdamW::new(
+        params,
+        OptimConfig {
+            lr: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let config = UpdateConfig {
+        micro_batch: opts.micro_batch,
+        ..Default::default()
+    };
+    update(&model, &mut optimizer, &rollouts, &config)?;
+    let mut update_secs = Vec::new();
+    for _ in 0..opts.repeats {
+        let started = Instant::now();
+        update(&model, &mut optimizer, &rollouts, &config)?;
+        device.synchronize()?;
+        update_secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(Report {
+        model: dir.display().to_string(),
+        options: opts.clone(),
+        parameters: model.config.parameter_count(),
+        forward_secs: median(forward_secs),
+        update_secs: median(update_secs),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        let tokens = (o.sequences * (o.prompt_tokens + o.completion_tokens)) as f64;
+        writeln!(
+            f,
+            "model {}{} ({:.0} M parameters, {} on {}), {} x ({} + {}) tokens, micro-batch {}, {} threads",
+            self.model,
+            if o.random_weights { ", random weights" } else { "" },
+            self.parameters as f64 / 1e6,
+            o.dtype,
+            o.device,
+            o.sequences,
+            o.prompt_tokens,
+            o.completion_tokens,
+            o.micro_batch,
+            rayon::current_num_threads()
+        )?;
+        writeln!(f, "| work | seconds | tokens/s | vs forward |")?;
+        writeln!(f, "| --- | ---: | ---: | ---: |")?;
+        for (name, secs) in [
+            ("forward, no gradients", self.forward_secs),
+            ("update: forward, backward, AdamW", self.update_secs),
+        ] {
+            writeln!(
+                f,
+                "| {name} | {secs:.2} | {:.0} | {:.2}x |",
+                tokens / secs,
+                secs / self.forward_secs
+            )?;
+        }
+        write!(f, "peak RSS {:.0} MiB", self.peak_rss_mb)
+    }
+}
