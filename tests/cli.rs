@@ -262,8 +262,8 @@ fn device_flags_explain_bad_devices() {
         text(&out)
     );
     if cfg!(not(feature = "cuda")) {
-        let run = tempfile::tempdir().unwrap();
-        let run = run.path().join("run");
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
         for args in [
             &["generate", "--prompt", "hi", "--device", "cuda"][..],
             &[
@@ -282,7 +282,7 @@ fn device_flags_explain_bad_devices() {
                 "--device",
                 "cuda",
                 "--run",
-                "/nonexistent/run",
+                run.to_str().unwrap(),
             ],
         ] {
             let out = azr(args);
