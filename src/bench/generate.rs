@@ -93,7 +93,7 @@ fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> an
         Some(&mut cache),
         false,
     )?;
-    model.logits(&hidden.narrow(1, prompt - 1, 1)?)?;
+    model.next_token_logits(&hidden)?;
     // A GPU queues work: time it done, not launched.
     device.synchronize()?;
     let prefill = started.elapsed().as_secs_f64();
@@ -106,7 +106,7 @@ fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> an
             Some(&mut cache),
             false,
         )?;
-        model.logits(&hidden)?;
+        model.next_token_logits(&hidden)?;
     }
     device.synchronize()?;
     let decode = started.elapsed().as_secs_f64();

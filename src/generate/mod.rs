@@ -118,12 +118,7 @@ pub fn generate(
             false => None,
         };
         let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
-        let t = hidden.dim(1)?;
-        let logits: Vec<Vec<f32>> = model
-            .logits(&hidden.narrow(1, t - 1, 1)?)?
-            .squeeze(1)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2()?;
+        let logits: Vec<Vec<f32>> = model.next_token_logits(&hidden)?.to_vec2()?;
         let mut next = Vec::with_capacity(live.len());
         let mut keep = Vec::with_capacity(live.len());
         for (pos, logits) in logits.iter().enumerate() {

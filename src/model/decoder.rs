@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use super::config::ModelConfig;
-use super::{ops, ModelError};
+use super::{attention, matvec, ops, ModelError};
 
 /// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
 const MASKED: f64 = -1e9;
@@ -27,15 +27,24 @@ struct Linear {
 }
 
 impl Linear {
-    /// x (b, t, in) -> (b, t, out)
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// x (b, t, in) -> (b, t, out); `grad` false allows the no-backward decode kernel.
+    fn forward(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
         let (b, t, n) = x.dims3()?;
-        let y = x.reshape((b * t, n))?.matmul(&self.weight.t()?)?;
+        let y = product(&x.reshape((b * t, n))?, &self.weight, grad)?;
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         };
         y.reshape((b, t, ()))
+    }
+}
+
+/// x (m, in) · w (out, in)ᵀ: the decode kernel for the few rows of a pass without grad,
+/// candle's matmul otherwise.
+fn product(x: &Tensor, w: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    match !grad && matvec::usable(x, w) {
+        true => matvec::matmul_nt(x, w),
+        false => x.matmul(&w.t()?),
     }
 }
 
@@ -350,6 +359,14 @@ impl Model {
             .to_dtype(ops::accumulate_dtype(self.dtype))
     }
 
+    /// Logits of each row's last position, for sampling (no gradient): hidden (b, t, h) ->
+    /// (b, vocab) in f32.
+    pub fn next_token_logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let t = hidden.dim(1)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?.detach();
+        product(&last, self.lm_head_weight(), false)?.to_dtype(DType::F32)
+    }
+
     /// The LM head weight (vocab, hidden), for chunked log-prob computation.
     pub fn lm_head_weight(&self) -> &Tensor {
         self.lm_head
@@ -397,8 +414,9 @@ impl Model {
         let attn = self.attention(block, &h, pass, cache)?;
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad)?;
-        let mlp = block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?;
-        x + block.down_proj.forward(&mlp?)?
+        let g = pass.grad;
+        let mlp = block.gate_proj.forward(&h, g)?.silu()? * block.up_proj.forward(&h, g)?;
+        x + block.down_proj.forward(&mlp?, g)?
     }
 
     fn attention(
@@ -419,9 +437,9 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = split(block.q_proj.forward(x)?, heads)?;
-        let k = split(block.k_proj.forward(x)?, kv_heads)?;
-        let v = split(block.v_proj.forward(x)?, kv_heads)?.contiguous()?;
+        let q = split(block.q_proj.forward(x, grad)?, heads)?;
+        let k = split(block.k_proj.forward(x, grad)?, kv_heads)?;
+        let v = split(block.v_proj.forward(x, grad)?, kv_heads)?.contiguous()?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let (k, v) = match cache {
@@ -440,33 +458,16 @@ impl Model {
             }
             None => (k, v),
         };
-        let (k, v) = (
-            repeat_kv(&k, heads / kv_heads)?,
-            repeat_kv(&v, heads / kv_heads)?,
-        );
+        // GQA without copying K and V per query head: the `rep` query heads that share a kv
+        // head become rows of one product, (b, kv_heads, rep * t, d).
+        let rep = heads / kv_heads;
         // Scale q (t x d) rather than the scores (t x T): one less (T x T) tensor in the graph.
-        let q = (q / (d as f64).sqrt())?;
-        let scores = q.contiguous()?.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let out = ops::softmax(&scores, grad)?.matmul(&v)?;
+        let q = (q / (d as f64).sqrt())?.reshape((b, kv_heads, rep * t, d))?;
+        let out = attention::attend(&q, &k, &v, mask, grad)?.reshape((b, heads, t, d))?;
         block
             .o_proj
-            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?)
+            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?, grad)
     }
-}
-
-/// GQA: (b, kv_heads, n, d) -> (b, kv_heads * rep, n, d).
-fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, n, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, n, d))?
-        .reshape((b, kv * rep, n, d))
 }
 
 /// cos and sin of every position and frequency: (max_positions, head_dim / 2).

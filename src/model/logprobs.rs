@@ -1,7 +1,9 @@
 //! Log-probabilities of given completions under the current weights (teacher forcing), for the
 //! policy gradient. The LM head and log-softmax run over chunks of positions, so a
 //! (positions x vocabulary) tensor is never built for the whole batch: with Qwen's 151,936-token
-//! vocabulary one f32 copy for 8 x 256 positions alone is 1.2 GB.
+//! vocabulary one f32 copy for 8 x 256 positions alone is 1.2 GB. The softmax itself is
+//! computed without a graph, and the gradient enters through a surrogate that keeps one
+//! (chunk x vocabulary) tensor per chunk, where a composed log-softmax keeps five.
 
 use candle_core::{DType, Tensor, D};
 
@@ -24,6 +26,16 @@ pub struct TokenScores {
 /// Positions per chunk of the LM head + log-softmax.
 const CHUNK: usize = 128;
 
+/// Whether [`score`] computes each token's entropy, and with a gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entropy {
+    Skip,
+    /// The values only (a metric).
+    Value,
+    /// Differentiable (an entropy bonus in the loss).
+    WithGrad,
+}
+
 /// log p(completion[j] | prompt, completion[..j]) for every completion token of every sequence,
 /// concatenated in order: shape (sum of completion lengths,). With `grad`, differentiable.
 /// Sequences are left-padded into one batch; call it per micro-batch to bound memory.
@@ -33,16 +45,17 @@ pub fn completion_logprobs(
     temperature: f32,
     grad: bool,
 ) -> candle_core::Result<Tensor> {
-    Ok(score(model, batch, temperature, grad, false)?.logprobs)
+    Ok(score(model, batch, temperature, grad, Entropy::Skip)?.logprobs)
 }
 
-/// [`completion_logprobs`] plus, with `entropy`, each position's entropy under logits / T.
+/// [`completion_logprobs`] plus, unless [`Entropy::Skip`], each position's entropy under
+/// logits / T.
 pub fn score(
     model: &Model,
     batch: &[Scored],
     temperature: f32,
     grad: bool,
-    entropy: bool,
+    entropy: Entropy,
 ) -> candle_core::Result<TokenScores> {
     let device = model.device();
     let width = batch
@@ -74,7 +87,7 @@ pub fn score(
     if targets.is_empty() {
         let empty = Tensor::zeros(0, DType::F32, device)?;
         return Ok(TokenScores {
-            entropy: entropy.then(|| empty.clone()),
+            entropy: (entropy != Entropy::Skip).then(|| empty.clone()),
             logprobs: empty,
         });
     }
@@ -98,23 +111,68 @@ pub fn score(
     let mut entropies = Vec::new();
     for start in (0..targets.len()).step_by(CHUNK) {
         let n = CHUNK.min(targets.len() - start);
-        let logits = (rows
-            .narrow(0, start, n)?
-            .matmul(&head.t()?)?
-            .to_dtype(super::ops::accumulate_dtype(model.dtype()))?
-            / t)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let target = Tensor::new(&targets[start..start + n], device)?.unsqueeze(1)?;
-        chunks.push(logp.gather(&target, 1)?.squeeze(1)?);
-        if entropy {
-            entropies.push((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?);
-        }
+        let target = Tensor::new(&targets[start..start + n], device)?;
+        let (logp, h) = chunk_scores(&rows.narrow(0, start, n)?, head, &target, t, entropy)?;
+        chunks.push(logp);
+        entropies.extend(h);
     }
     Ok(TokenScores {
         logprobs: Tensor::cat(&chunks, 0)?,
         entropy: match entropy {
-            true => Some(Tensor::cat(&entropies, 0)?),
-            false => None,
+            Entropy::Skip => None,
+            _ => Some(Tensor::cat(&entropies, 0)?),
         },
     })
+}
+
+/// log p(target) and optionally the entropy of rows (n, h) under softmax(rows · headᵀ / t).
+///
+/// The values come from a pass without graph. Their gradients come from surrogates
+/// `sum(rows ⊙ (C · head)) / t` whose coefficients C (n, vocab) are held constant: with
+/// C = onehot(target) - p the surrogate's gradient with respect to rows and head is exactly that
+/// of log p(target), and with C = -p ⊙ (log p + H) that of the entropy H. Each keeps one
+/// (n, vocab) tensor for backward; the composed log-softmax kept five.
+fn chunk_scores(
+    rows: &Tensor,
+    head: &Tensor,
+    target: &Tensor,
+    t: f64,
+    entropy: Entropy,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let accumulate = super::ops::accumulate_dtype(rows.dtype());
+    let logits = (rows
+        .detach()
+        .matmul(&head.detach().t()?)?
+        .to_dtype(accumulate)?
+        / t)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let p = logp.exp()?;
+    let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let tracked = rows.track_op() || head.track_op();
+    // d/d(rows, head) of sum(rows ⊙ (C · head)) / t, as a zero-valued term.
+    let with_grad = |value: Tensor, direction: Tensor| -> candle_core::Result<Tensor> {
+        let surrogate = ((rows * direction)?.sum(D::Minus1)?.to_dtype(accumulate)? / t)?;
+        value + (&surrogate - surrogate.detach())?
+    };
+    let logp_target = match tracked {
+        // C · head = head[target] - p · head.
+        true => with_grad(
+            value,
+            (head.index_select(target, 0)? - p.to_dtype(head.dtype())?.matmul(head)?)?,
+        )?,
+        false => value,
+    };
+    let entropy = match entropy {
+        Entropy::Skip => None,
+        Entropy::Value => Some((&p * &logp)?.sum(D::Minus1)?.neg()?),
+        Entropy::WithGrad => {
+            let h = (&p * &logp)?.sum(D::Minus1)?.neg()?;
+            let c = (p.neg()? * logp.broadcast_add(&h.unsqueeze(1)?)?)?;
+            Some(match tracked {
+                true => with_grad(h, c.to_dtype(head.dtype())?.matmul(head)?)?,
+                false => h,
+            })
+        }
+    };
+    Ok((logp_target, entropy))
 }

@@ -2,11 +2,13 @@
 //! saved to Hugging Face folders (`config.json`, `model.safetensors`, `tokenizer.json`).
 //! `gguf` imports GGUF files into that layout; `provision` fetches the named models.
 
+mod attention;
 pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod gguf;
 pub mod logprobs;
+pub mod matvec;
 mod ops;
 pub mod provision;
 pub mod tokenizer;

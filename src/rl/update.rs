@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::advantage::{advantages, Estimator};
 use super::loss::{clipped_surrogate, kl_penalty, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
-use crate::model::logprobs::{score, Scored};
+use crate::model::logprobs::{score, Entropy, Scored};
 use crate::model::Model;
 
 /// One sampled completion and what it earned.
@@ -169,7 +169,7 @@ pub fn reference_logprobs(
     let live = with_tokens(rollouts);
     for chunk in live.chunks(config.micro_batch.max(1)) {
         let batch = scored(rollouts, chunk);
-        let logp: Vec<f32> = score(reference, &batch, config.temperature, false, false)?
+        let logp: Vec<f32> = score(reference, &batch, config.temperature, false, Entropy::Skip)?
             .logprobs
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?;
@@ -238,7 +238,12 @@ pub fn update(
         let mut loss_sum = 0f64;
         for chunk in live.chunks(config.micro_batch.max(1)) {
             let batch = scored(rollouts, chunk);
-            let scores = score(model, &batch, config.temperature, true, true)?;
+            // The entropy is a metric; it needs a gradient only as a bonus in the loss.
+            let entropy_mode = match config.entropy_coef == 0.0 {
+                true => Entropy::Value,
+                false => Entropy::WithGrad,
+            };
+            let scores = score(model, &batch, config.temperature, true, entropy_mode)?;
             let logp = scores.logprobs;
             let entropy = scores.entropy.expect("entropy was asked for");
             let old: Vec<f32> = chunk

@@ -49,13 +49,20 @@ fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
-fn check_gradients(config: ModelConfig) {
+/// Cross-entropy of next-token predictions on two rows, the second left-padded by two (pad id
+/// 0, masked).
+fn next_token_loss(model: &Model) -> Tensor {
+    let dev = model.device();
+    let tokens = ids(&[&[3, 5, 7, 2, 9, 4], &[0, 0, 1, 6, 8, 10]], dev);
+    let mask = ids(&[&[1, 1, 1, 1, 1, 1], &[0, 0, 1, 1, 1, 1]], dev);
+    loss(model, &tokens, &mask)
+}
+
+/// Every parameter's analytic gradient of `loss` matches central finite differences.
+fn check_gradients(config: ModelConfig, loss: impl Fn(&Model) -> Tensor) {
     let dev = Device::Cpu;
     let model = Model::random(config, 7, &dev, DType::F64).unwrap();
-    // Two rows, the second left-padded by two (pad id 0, masked).
-    let tokens = ids(&[&[3, 5, 7, 2, 9, 4], &[0, 0, 1, 6, 8, 10]], &dev);
-    let mask = ids(&[&[1, 1, 1, 1, 1, 1], &[0, 0, 1, 1, 1, 1]], &dev);
-    let grads: GradStore = loss(&model, &tokens, &mask).backward().unwrap();
+    let grads: GradStore = loss(&model).backward().unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let h = 1e-6;
     for (name, var) in model.named_vars() {
@@ -76,7 +83,7 @@ fn check_gradients(config: ModelConfig) {
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, original.shape(), &dev).unwrap())
                     .unwrap();
-                scalar(&loss(&model, &tokens, &mask))
+                scalar(&loss(&model))
             };
             let numeric = (at(h) - at(-h)) / (2.0 * h);
             var.set(&original).unwrap();
@@ -94,12 +101,37 @@ fn check_gradients(config: ModelConfig) {
 
 #[test]
 fn gradients_match_finite_differences_qwen2_untied() {
-    check_gradients(tiny(Architecture::Qwen2, false));
+    check_gradients(tiny(Architecture::Qwen2, false), next_token_loss);
 }
 
 #[test]
 fn gradients_match_finite_differences_llama_tied() {
-    check_gradients(tiny(Architecture::Llama, true));
+    check_gradients(tiny(Architecture::Llama, true), next_token_loss);
+}
+
+/// The scoring path's log-probs and entropies (values from a pass without graph, gradients
+/// through surrogates) differentiate like the plain log-softmax.
+#[test]
+fn scored_logprobs_and_entropy_have_exact_gradients() {
+    use crate::model::logprobs::{score, Entropy, Scored};
+    let loss = |model: &Model| {
+        let batch = [
+            Scored {
+                prompt: &[3, 5, 7],
+                completion: &[2, 9, 4],
+            },
+            Scored {
+                prompt: &[1],
+                completion: &[6, 8],
+            },
+        ];
+        let s = score(model, &batch, 0.7, true, Entropy::WithGrad).unwrap();
+        let weights = Tensor::new(&[1.0f64, -0.5, 0.3, 2.0, 0.7], model.device()).unwrap();
+        let logp = (s.logprobs.to_dtype(DType::F64).unwrap() * &weights).unwrap();
+        let h = s.entropy.unwrap().to_dtype(DType::F64).unwrap();
+        (logp.sum_all().unwrap() + (h.sum_all().unwrap() * 0.5).unwrap()).unwrap()
+    };
+    check_gradients(tiny(Architecture::Qwen2, false), loss);
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -163,7 +163,9 @@ fn batch_loss(model: &Model, rollouts: &[Rollout], config: &UpdateConfig) -> can
             completion: &r.completion,
         })
         .collect();
-    let logp = score(model, &batch, 1.0, true, false).unwrap().logprobs;
+    let logp = score(model, &batch, 1.0, true, Entropy::Skip)
+        .unwrap()
+        .logprobs;
     let old: Vec<f32> = rollouts.iter().flat_map(|r| r.logprobs.clone()).collect();
     let token_adv: Vec<f32> = rollouts
         .iter()

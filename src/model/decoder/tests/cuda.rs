@@ -27,8 +27,8 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     ) / scale
 }
 
-/// Loss and every parameter's gradient, through the training path (azr's softmax with its
-/// backward, composed RMSNorm and RoPE), in f32 on both devices.
+/// Loss and every parameter's gradient, through the training path (azr's attention op that
+/// recomputes its probabilities in backward, composed RMSNorm and RoPE), in f32 on both devices.
 #[test]
 fn gradients_on_the_gpu_match_the_cpu() {
     for (arch, tied) in [(Architecture::Qwen2, false), (Architecture::Llama, true)] {
