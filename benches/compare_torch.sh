@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # azr against PyTorch + transformers on one model folder, back to back in one script run:
-# generation (azr bench generate vs reference_torch.py generate, f32 and bf16) and one policy
-# update (azr bench update vs reference_torch.py update). Prints the tables BENCHMARKS.md quotes.
+# generation (azr bench generate, f32, vs reference_torch.py generate in f32 and bf16) and one
+# policy update (azr bench update vs reference_torch.py update, likewise). Prints the tables
+# BENCHMARKS.md quotes.
 #
 #   benches/compare_torch.sh MODEL_NAME_OR_DIR [generate|update|all]
 #
@@ -25,14 +26,14 @@ if [ -d "$model" ]; then dir=$model; else
 fi
 py="$venv/bin/python benches/reference_torch.py"
 if [ "$what" = generate ] || [ "$what" = all ]; then
+    echo "## generate"
+    "$azr" bench generate --model "$dir" --batch 1,8 --prompt-tokens 128 --new-tokens 32
     for dtype in f32 bf16; do
-        echo "## generate, $dtype"
-        "$azr" bench generate --model "$dir" --dtype "$dtype" --batch 1,8 --prompt-tokens 128 --new-tokens 32
         $py generate "$dir" --dtype "$dtype" --batch 1,8 --prompt-tokens 128 --new-tokens 32
     done
 fi
 if [ "$what" = update ] || [ "$what" = all ]; then
-    echo "## update, f32"
+    echo "## update"
     "$azr" bench update --model "$dir" --sequences 8 --prompt-tokens 128 --completion-tokens 128 --repeats 2
     for dtype in f32 bf16; do
         $py update "$dir" --dtype "$dtype" --sequences 8 --prompt-tokens 128 --completion-tokens 128 --repeats 2

@@ -9,6 +9,8 @@
 
 use candle_core::{Result, Tensor, D};
 
+use super::ops::Precomputed;
+
 /// The rows of one attention call: q (b, kv_heads, rep * t, d), already scaled by 1/sqrt(d),
 /// the `rep` query heads of a kv head stacked as rows; k and v (b, kv_heads, T, d); mask
 /// broadcastable to (b, 1, t, T), additive. Returns (b, kv_heads, rep * t, d).
@@ -28,7 +30,7 @@ pub fn attend(
         v,
         Attention {
             mask: mask.map(Tensor::detach),
-            out,
+            out: Precomputed::new(out),
         },
     )
 }
@@ -57,7 +59,7 @@ fn probabilities(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor
 /// its backward recomputes the probabilities.
 struct Attention {
     mask: Option<Tensor>,
-    out: Tensor,
+    out: Precomputed,
 }
 
 impl candle_core::CustomOp3 for Attention {
@@ -74,14 +76,7 @@ impl candle_core::CustomOp3 for Attention {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (storage, layout) = self.out.storage_and_layout();
-        match (
-            &*storage,
-            layout.is_contiguous() && layout.start_offset() == 0,
-        ) {
-            (candle_core::Storage::Cpu(s), true) => Ok((s.clone(), layout.shape().clone())),
-            _ => candle_core::bail!("azr-attention: output not a contiguous CPU tensor"),
-        }
+        self.out.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -94,12 +89,7 @@ impl candle_core::CustomOp3 for Attention {
         _: &candle_core::CudaStorage,
         _: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (storage, layout) = self.out.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("azr-attention: output not a CUDA tensor"),
-        }
+        self.out.cuda()
     }
 
     /// With P the probabilities and O = P v: dv = Pᵀ dO, dS = P ⊙ (dO vᵀ - rowsum(dO ⊙ O)),
