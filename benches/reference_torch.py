@@ -31,7 +31,7 @@ import transformers
 
 def load(model_dir, dtype):
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        model_dir, dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
     )
     return model
 

@@ -4,6 +4,8 @@
 
 pub mod sample;
 
+use std::collections::HashMap;
+
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -94,7 +96,7 @@ pub fn generate(
     let mut rng = StdRng::seed_from_u64(config.seed);
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if b == 0 || width == 0 {
+    if b == 0 || width == 0 || config.max_new_tokens == 0 {
         return Ok(prompts.iter().map(|_| empty()).collect());
     }
     let padded = prompts.iter().any(|p| p.len() < width);
@@ -103,26 +105,17 @@ pub fn generate(
         .iter()
         .map(|p| [vec![0; width - p.len()], vec![1; p.len()]].concat())
         .collect();
-    let ids: Vec<u32> = prompts
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()))
-        .collect();
     let mut cache = KvCache::default();
-    let mut input = Tensor::from_vec(ids, (b, width), &device)?;
+    let mut logits = prefill(model, prompts, pad, width, &mut cache)?;
     let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
     // The prompt row of each batch position; rows leave the batch when they finish.
     let mut live: Vec<usize> = (0..b).collect();
-    for _ in 0..config.max_new_tokens {
-        let key_mask = match padded {
-            true => Some(mask_tensor(&mask, &device)?),
-            false => None,
-        };
-        let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
-        let logits: Vec<Vec<f32>> = model.next_token_logits(&hidden)?.to_vec2()?;
+    for step in 0..config.max_new_tokens {
+        let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut next = Vec::with_capacity(live.len());
         let mut keep = Vec::with_capacity(live.len());
-        for (pos, logits) in logits.iter().enumerate() {
-            let (token, logprob) = sample::choose(logits, sampling, &mut rng);
+        for (pos, row) in logits_rows.iter().enumerate() {
+            let (token, logprob) = sample::choose(row, sampling, &mut rng);
             let g = &mut out[live[pos]];
             g.tokens.push(token);
             g.logprobs.push(logprob);
@@ -151,7 +144,16 @@ pub fn generate(
         for m in &mut mask {
             m.push(1);
         }
-        input = Tensor::from_vec(next, (live.len(), 1), &device)?;
+        if step + 1 == config.max_new_tokens {
+            break;
+        }
+        let key_mask = match padded {
+            true => Some(mask_tensor(&mask, &device)?),
+            false => None,
+        };
+        let input = Tensor::from_vec(next, (live.len(), 1), &device)?;
+        let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
+        logits = model.next_token_logits(&hidden)?;
     }
     for g in &mut out {
         let text = tokenizer.decode(&g.tokens);
@@ -166,6 +168,52 @@ pub fn generate(
         };
     }
     Ok(out)
+}
+
+/// Runs the prompts through the model into `cache` and returns each row's next-token logits
+/// (b, vocab). Identical prompts (the n samples of one solver prompt) are computed once and
+/// their cache rows copied, so n samples cost one prompt's prefill.
+fn prefill(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    pad: u32,
+    width: usize,
+    cache: &mut KvCache,
+) -> Result<Tensor, ModelError> {
+    let device = model.device();
+    let mut distinct: Vec<&[u32]> = Vec::new();
+    let mut first: HashMap<&[u32], u32> = HashMap::new();
+    let source: Vec<u32> = prompts
+        .iter()
+        .map(|p| {
+            *first.entry(p.as_slice()).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() as u32 - 1
+            })
+        })
+        .collect();
+    let ids: Vec<u32> = distinct
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()))
+        .collect();
+    let mask: Vec<Vec<u32>> = distinct
+        .iter()
+        .map(|p| [vec![0; width - p.len()], vec![1; p.len()]].concat())
+        .collect();
+    let padded = distinct.iter().any(|p| p.len() < width);
+    let key_mask = match padded {
+        true => Some(mask_tensor(&mask, device)?),
+        false => None,
+    };
+    let input = Tensor::from_vec(ids, (distinct.len(), width), device)?;
+    let hidden = model.forward(&input, key_mask.as_ref(), Some(cache), false)?;
+    let logits = model.next_token_logits(&hidden)?;
+    if distinct.len() == prompts.len() {
+        return Ok(logits);
+    }
+    let rows = Tensor::new(source.as_slice(), device)?;
+    cache.keep_rows(&rows)?;
+    Ok(logits.index_select(&rows, 0)?)
 }
 
 fn empty() -> Generation {

@@ -94,8 +94,8 @@ fn rows_that_finish_early_leave_the_others_unchanged() {
     }
 }
 
-#[test]
-fn sampled_log_probs_match_a_full_forward_pass() {
+/// Sampled log-probs of every row equal the teacher-forced ones of a full forward pass.
+fn assert_sampled_log_probs_match_a_full_forward_pass(prompts: &[Vec<u32>]) {
     let model = model();
     let config = GenerateConfig {
         max_new_tokens: 10,
@@ -104,8 +104,7 @@ fn sampled_log_probs_match_a_full_forward_pass() {
         seed: 3,
         stop: vec![],
     };
-    let out = generate(&model, &Letters, &prompts(), &config).unwrap();
-    let prompts = prompts();
+    let out = generate(&model, &Letters, prompts, &config).unwrap();
     let scored: Vec<Scored> = prompts
         .iter()
         .zip(&out)
@@ -131,6 +130,41 @@ fn sampled_log_probs_match_a_full_forward_pass() {
             );
         }
     }
+}
+
+#[test]
+fn sampled_log_probs_match_a_full_forward_pass() {
+    assert_sampled_log_probs_match_a_full_forward_pass(&prompts());
+}
+
+/// Repeated prompts are prefilled once and their cache rows copied: each copy must continue
+/// exactly as its own prompt would.
+#[test]
+fn repeated_prompts_share_a_prefill_and_still_sample_apart() {
+    let p = prompts();
+    let repeated = vec![
+        p[0].clone(),
+        p[1].clone(),
+        p[0].clone(),
+        p[0].clone(),
+        p[1].clone(),
+    ];
+    assert_sampled_log_probs_match_a_full_forward_pass(&repeated);
+    let model = model();
+    let alone = generate(&model, &Letters, &p[..1], &greedy(12)).unwrap();
+    let batch = generate(&model, &Letters, &repeated, &greedy(12)).unwrap();
+    for row in [0, 2, 3] {
+        assert_eq!(batch[row].tokens, alone[0].tokens, "row {row}");
+    }
+    let sampled = GenerateConfig {
+        temperature: 1.0,
+        ..greedy(12)
+    };
+    let batch = generate(&model, &Letters, &repeated, &sampled).unwrap();
+    assert!(
+        batch[0].tokens != batch[2].tokens || batch[2].tokens != batch[3].tokens,
+        "three samples of one prompt came out identical"
+    );
 }
 
 #[test]

@@ -146,9 +146,12 @@ fn chunk_scores(
         .to_dtype(accumulate)?
         / t)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let p = logp.exp()?;
     let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
     let tracked = rows.track_op() || head.track_op();
+    if !tracked && entropy == Entropy::Skip {
+        return Ok((value, None));
+    }
+    let p = logp.exp()?;
     // d/d(rows, head) of sum(rows ⊙ (C · head)) / t, as a zero-valued term.
     let with_grad = |value: Tensor, direction: Tensor| -> candle_core::Result<Tensor> {
         let surrogate = ((rows * direction)?.sum(D::Minus1)?.to_dtype(accumulate)? / t)?;

@@ -233,22 +233,10 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff as max_diff;
 
     fn reference(x: &Tensor, w: &Tensor) -> Tensor {
         x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 
@@ -290,12 +278,12 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (300, 200), &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (11, 200), &dev).unwrap();
         let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
-        for i in 0..11 {
+        for (i, row) in all.iter().enumerate() {
             let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w)
                 .unwrap()
                 .to_vec2()
                 .unwrap();
-            assert_eq!(one[0], all[i], "row {i}");
+            assert_eq!(&one[0], row, "row {i}");
         }
     }
 

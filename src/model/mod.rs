@@ -55,3 +55,19 @@ impl ModelError {
         }
     }
 }
+
+/// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let diff = (a.to_dtype(candle_core::DType::F32).unwrap()
+        - b.to_dtype(candle_core::DType::F32).unwrap())
+    .unwrap();
+    diff.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}

@@ -183,20 +183,8 @@ impl Precomputed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::max_abs_diff;
     use candle_core::Device;
-
-    fn close(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn training_and_generation_paths_agree() {
@@ -204,7 +192,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
         let w = Tensor::randn(0f32, 1., 8, &dev).unwrap();
         assert!(
-            close(
+            max_abs_diff(
                 &rms_norm(&x, &w, 1e-6, true).unwrap(),
                 &rms_norm(&x, &w, 1e-6, false).unwrap()
             ) < 1e-5
@@ -212,7 +200,7 @@ mod tests {
         let cos = Tensor::randn(0f32, 1., (5, 4), &dev).unwrap();
         let sin = Tensor::randn(0f32, 1., (5, 4), &dev).unwrap();
         assert!(
-            close(
+            max_abs_diff(
                 &rope(&x, &cos, &sin, true).unwrap(),
                 &rope(&x, &cos, &sin, false).unwrap()
             ) < 1e-5

@@ -134,18 +134,7 @@ fn scored_logprobs_and_entropy_have_exact_gradients() {
     check_gradients(tiny(Architecture::Qwen2, false), loss);
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use crate::model::max_abs_diff as max_diff;
 
 #[test]
 fn cached_decoding_matches_the_full_forward() {
