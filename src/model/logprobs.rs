@@ -112,7 +112,7 @@ pub fn score(
     for start in (0..targets.len()).step_by(CHUNK) {
         let n = CHUNK.min(targets.len() - start);
         let target = Tensor::new(&targets[start..start + n], device)?;
-        let (logp, h) = chunk_scores(&rows.narrow(0, start, n)?, head, &target, t, entropy)?;
+        let (logp, h) = chunk_scores(&rows.narrow(0, start, n)?, head, &target, t, grad, entropy)?;
         chunks.push(logp);
         entropies.extend(h);
     }
@@ -125,7 +125,8 @@ pub fn score(
     })
 }
 
-/// log p(target) and optionally the entropy of rows (n, h) under softmax(rows · headᵀ / t).
+/// log p(target) and optionally the entropy of rows (n, h) under softmax(rows · headᵀ / t),
+/// differentiable with `grad`.
 ///
 /// The values come from a pass without graph. Their gradients come from surrogates
 /// `sum(rows ⊙ (C · head)) / t` whose coefficients C (n, vocab) are held constant: with
@@ -137,6 +138,7 @@ fn chunk_scores(
     head: &Tensor,
     target: &Tensor,
     t: f64,
+    grad: bool,
     entropy: Entropy,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let accumulate = super::ops::accumulate_dtype(rows.dtype());
@@ -147,7 +149,8 @@ fn chunk_scores(
         / t)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let tracked = rows.track_op() || head.track_op();
+    // The weights are Vars, so rows and head track a graph even from a pass without grad.
+    let tracked = grad && (rows.track_op() || head.track_op());
     if !tracked && entropy == Entropy::Skip {
         return Ok((value, None));
     }

@@ -22,7 +22,7 @@ pub fn usable(x: &Tensor, w: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
         && matches!(w.dtype(), DType::F32 | DType::BF16)
-        && rows <= MAX_ROWS
+        && (1..=MAX_ROWS).contains(&rows)
         && w.rank() == 2
         && cpu_supported()
 }
@@ -59,7 +59,7 @@ impl candle_core::CustomOp2 for MatVec {
     ) -> Result<(CpuStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
         let (n, wk) = wl.shape().dims2()?;
-        if wk != k || m > MAX_ROWS || !cpu_supported() {
+        if wk != k || !(1..=MAX_ROWS).contains(&m) || !cpu_supported() {
             candle_core::bail!(
                 "azr-matvec: cannot take x {:?} and w {:?}",
                 xl.dims(),
@@ -291,6 +291,10 @@ mod tests {
     fn refuses_what_it_cannot_take() {
         let dev = Device::Cpu;
         let w = Tensor::zeros((8, 16), DType::F32, &dev).unwrap();
+        assert!(!usable(
+            &Tensor::zeros((0, 16), DType::F32, &dev).unwrap(),
+            &w
+        ));
         assert!(!usable(
             &Tensor::zeros((MAX_ROWS + 1, 16), DType::F32, &dev).unwrap(),
             &w
