@@ -101,10 +101,7 @@ pub fn generate(
     }
     let padded = prompts.iter().any(|p| p.len() < width);
     let pad = tokenizer.pad_id();
-    let mut mask: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| [vec![0; width - p.len()], vec![1; p.len()]].concat())
-        .collect();
+    let mut mask: Vec<Vec<u32>> = prompts.iter().map(|p| key_row(p.len(), width)).collect();
     let mut cache = KvCache::default();
     let mut logits = prefill(model, prompts, pad, width, &mut cache)?;
     let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
@@ -147,10 +144,7 @@ pub fn generate(
         if step + 1 == config.max_new_tokens {
             break;
         }
-        let key_mask = match padded {
-            true => Some(mask_tensor(&mask, &device)?),
-            false => None,
-        };
+        let key_mask = mask_tensor(&mask, padded, &device)?;
         let input = Tensor::from_vec(next, (live.len(), 1), &device)?;
         let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
         logits = model.next_token_logits(&hidden)?;
@@ -196,15 +190,9 @@ fn prefill(
         .iter()
         .flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()))
         .collect();
-    let mask: Vec<Vec<u32>> = distinct
-        .iter()
-        .map(|p| [vec![0; width - p.len()], vec![1; p.len()]].concat())
-        .collect();
+    let mask: Vec<Vec<u32>> = distinct.iter().map(|p| key_row(p.len(), width)).collect();
     let padded = distinct.iter().any(|p| p.len() < width);
-    let key_mask = match padded {
-        true => Some(mask_tensor(&mask, device)?),
-        false => None,
-    };
+    let key_mask = mask_tensor(&mask, padded, device)?;
     let input = Tensor::from_vec(ids, (distinct.len(), width), device)?;
     let hidden = model.forward(&input, key_mask.as_ref(), Some(cache), false)?;
     let logits = model.next_token_logits(&hidden)?;
@@ -225,9 +213,22 @@ fn empty() -> Generation {
     }
 }
 
-fn mask_tensor(mask: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
+/// A left-padded row's key mask: 0 for the padding, 1 for its `len` tokens.
+fn key_row(len: usize, width: usize) -> Vec<u32> {
+    [vec![0; width - len], vec![1; len]].concat()
+}
+
+/// The key mask of every row, or None when nothing is padded.
+fn mask_tensor(
+    mask: &[Vec<u32>],
+    padded: bool,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    if !padded {
+        return Ok(None);
+    }
     let cols = mask[0].len();
-    Tensor::from_vec(mask.concat(), (mask.len(), cols), device)
+    Tensor::from_vec(mask.concat(), (mask.len(), cols), device).map(Some)
 }
 
 #[cfg(test)]

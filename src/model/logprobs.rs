@@ -170,12 +170,13 @@ fn chunk_scores(
     };
     let entropy = match entropy {
         Entropy::Skip => None,
-        Entropy::Value => Some((&p * &logp)?.sum(D::Minus1)?.neg()?),
-        Entropy::WithGrad => {
+        _ => {
             let h = (&p * &logp)?.sum(D::Minus1)?.neg()?;
-            let c = (p.neg()? * logp.broadcast_add(&h.unsqueeze(1)?)?)?;
-            Some(match tracked {
-                true => with_grad(h, c.to_dtype(head.dtype())?.matmul(head)?)?,
+            Some(match tracked && entropy == Entropy::WithGrad {
+                true => {
+                    let c = (p.neg()? * logp.broadcast_add(&h.unsqueeze(1)?)?)?;
+                    with_grad(h, c.to_dtype(head.dtype())?.matmul(head)?)?
+                }
                 false => h,
             })
         }
