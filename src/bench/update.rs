@@ -10,7 +10,7 @@ use candle_core::DType;
 use crate::model::logprobs::{completion_logprobs, Scored};
 use crate::model::{DeviceSpec, Model, ModelConfig};
 use crate::rl::optim::{AdamW, OptimConfig};
-use crate::rl::update::{peak_rss_mb, update, Rollout, UpdateConfig};
+use crate::rl::update::{passes, peak_rss_mb, update, Rollout, UpdateConfig};
 
 /// Options of the update benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +27,10 @@ pub struct Options {
     /// Completion tokens per sequence (the loss's tokens).
     #[arg(long, default_value_t = 128)]
     pub completion_tokens: usize,
+    /// Sequences per prompt: consecutive sequences share their prompt, as a task's solver
+    /// samples do (the update then computes each prompt once per pass).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
     /// Sequences per forward/backward pass.
     #[arg(long, default_value_t = 1)]
     pub micro_batch: usize,
@@ -58,8 +62,8 @@ pub struct Report {
 /// Runs the benchmark on the model in `dir`.
 pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     anyhow::ensure!(
-        opts.sequences >= 1 && opts.micro_batch >= 1 && opts.repeats >= 1,
-        "--sequences, --micro-batch and --repeats must be at least 1"
+        opts.sequences >= 1 && opts.samples >= 1 && opts.micro_batch >= 1 && opts.repeats >= 1,
+        "--sequences, --samples, --micro-batch and --repeats must be at least 1"
     );
     anyhow::ensure!(
         opts.prompt_tokens >= 1 && opts.completion_tokens >= 1,
@@ -82,32 +86,41 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     };
     let mut rollouts: Vec<Rollout> = (0..opts.sequences)
         .map(|row| Rollout {
-            prompt: tokens(row, opts.prompt_tokens, 1),
+            prompt: tokens(row / opts.samples, opts.prompt_tokens, 1),
             completion: tokens(row, opts.completion_tokens, 2),
             logprobs: vec![],
             ref_logprobs: vec![],
             // Half rewarded, so every sequence has a non-zero advantage.
             reward: (row % 2) as f32,
             task_group: 0,
-            prompt_group: 0,
+            prompt_group: (row / opts.samples) as u64,
         })
         .collect();
+    let config = UpdateConfig {
+        micro_batch: opts.micro_batch,
+        pass_tokens: 0,
+        ..Default::default()
+    };
+    let all: Vec<usize> = (0..rollouts.len()).collect();
+    let plan = passes(&rollouts, &all, &config);
 
     // The sampling-time log-probs are the current policy's, as right after generation.
     let forward = || -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut out = Vec::new();
-        for chunk in rollouts.chunks(opts.micro_batch) {
-            let batch: Vec<Scored> = chunk
+        let mut out = vec![Vec::new(); rollouts.len()];
+        for pass in &plan {
+            let batch: Vec<Scored> = pass
                 .iter()
-                .map(|r| Scored {
-                    prompt: &r.prompt,
-                    completion: &r.completion,
+                .map(|&i| Scored {
+                    prompt: &rollouts[i].prompt,
+                    completion: &rollouts[i].completion,
                 })
                 .collect();
             let flat: Vec<f32> = completion_logprobs(&model, &batch, 1.0, false)?
                 .to_dtype(DType::F32)?
                 .to_vec1()?;
-            out.extend(flat.chunks(opts.completion_tokens).map(<[f32]>::to_vec));
+            for (&i, lp) in pass.iter().zip(flat.chunks(opts.completion_tokens)) {
+                out[i] = lp.to_vec();
+            }
         }
         Ok(out)
     };
@@ -135,10 +148,6 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
             ..Default::default()
         },
     )?;
-    let config = UpdateConfig {
-        micro_batch: opts.micro_batch,
-        ..Default::default()
-    };
     update(&model, &mut optimizer, &rollouts, &config)?;
     let mut update_secs = Vec::new();
     for _ in 0..opts.repeats {
@@ -168,7 +177,7 @@ impl fmt::Display for Report {
         let tokens = (o.sequences * (o.prompt_tokens + o.completion_tokens)) as f64;
         writeln!(
             f,
-            "model {}{} ({:.0} M parameters, {} on {}), {} x ({} + {}) tokens, micro-batch {}, {} threads",
+            "model {}{} ({:.0} M parameters, {} on {}), {} x ({} + {}) tokens, {} per prompt, micro-batch {}, {} threads",
             self.model,
             if o.random_weights { ", random weights" } else { "" },
             self.parameters as f64 / 1e6,
@@ -177,6 +186,7 @@ impl fmt::Display for Report {
             o.sequences,
             o.prompt_tokens,
             o.completion_tokens,
+            o.samples,
             o.micro_batch,
             rayon::current_num_threads()
         )?;

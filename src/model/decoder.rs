@@ -17,7 +17,7 @@ use super::config::ModelConfig;
 use super::{attention, matvec, ops, ModelError};
 
 /// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
-const MASKED: f64 = -1e9;
+pub const MASKED: f64 = -1e9;
 
 struct Linear {
     /// (out, in), the HF layout. Holding it transposed spares gemm a repack per call but made
@@ -313,7 +313,7 @@ impl Model {
         &self,
         ids: &Tensor,
         key_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         grad: bool,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -324,6 +324,44 @@ impl Model {
             mask: self.attention_mask(b, t, offset, key_mask)?,
             grad,
         };
+        self.run(ids, &pass, cache)
+    }
+
+    /// Hidden states of rows that each pack several sequences: ids (b, t) -> (b, t, hidden).
+    /// `positions` (b, t) u32 are each column's RoPE position and `mask` (b, 1, t, t) is
+    /// additive, 0 where a column may attend to a key and very negative elsewhere, so one row
+    /// can hold a prompt followed by several completions that each see the prompt but not
+    /// each other.
+    pub fn forward_packed(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        grad: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let at = |table: &Tensor| -> candle_core::Result<Tensor> {
+            table
+                .index_select(&positions.flatten_all()?, 0)?
+                .reshape((b, t, ()))
+        };
+        let pass = Pass {
+            cos: at(&self.cos)?,
+            sin: at(&self.sin)?,
+            mask: Some(mask.to_dtype(self.dtype)?),
+            grad,
+        };
+        self.run(ids, &pass, None)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        pass: &Pass,
+        mut cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let grad = pass.grad;
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
@@ -333,7 +371,7 @@ impl Model {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.block(block, &x, &pass, layer_cache)?;
+            x = self.block(block, &x, pass, layer_cache)?;
             // Weights are Vars, so every op records its inputs for backward. Without a
             // backward to come, cutting the graph here frees each block's activations as soon
             // as the next block has used them (batch-8 prefill of 600 tokens on SmolLM2:

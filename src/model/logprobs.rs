@@ -4,9 +4,15 @@
 //! vocabulary one f32 copy for 8 x 256 positions alone is 1.2 GB. The softmax itself is
 //! computed without a graph, and the gradient enters through a surrogate that keeps one
 //! (chunk x vocabulary) tensor per chunk, where a composed log-softmax keeps five.
+//!
+//! Completions of the same prompt (the solver's n samples of a task) share one row of the
+//! pass: the prompt is computed once, and each completion attends to it but not to the others.
+
+use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, D};
 
+use super::decoder::MASKED;
 use super::Model;
 
 /// A prompt and the completion whose tokens are scored.
@@ -38,7 +44,8 @@ pub enum Entropy {
 
 /// log p(completion[j] | prompt, completion[..j]) for every completion token of every sequence,
 /// concatenated in order: shape (sum of completion lengths,). With `grad`, differentiable.
-/// Sequences are left-padded into one batch; call it per micro-batch to bound memory.
+/// Completions of the same prompt share a row, rows are left-padded into one batch; call it
+/// per micro-batch to bound memory ([`pass_size`]).
 pub fn completion_logprobs(
     model: &Model,
     batch: &[Scored],
@@ -58,32 +65,15 @@ pub fn score(
     entropy: Entropy,
 ) -> candle_core::Result<TokenScores> {
     let device = model.device();
-    let width = batch
-        .iter()
-        .map(|s| s.prompt.len() + s.completion.len())
-        .max()
-        .unwrap_or(0);
-    let mut ids = Vec::with_capacity(batch.len() * width);
-    let mut mask = Vec::with_capacity(batch.len() * width);
-    // Flat indices (row * width + column) of the positions whose outputs predict completion tokens.
-    let mut predicting = Vec::new();
-    let mut targets = Vec::new();
-    for (row, s) in batch.iter().enumerate() {
-        let len = s.prompt.len() + s.completion.len();
-        let pad = width - len;
-        ids.extend(
-            std::iter::repeat_n(0u32, pad)
-                .chain(s.prompt.iter().copied())
-                .chain(s.completion.iter().copied()),
-        );
-        mask.extend(std::iter::repeat_n(0u32, pad).chain(std::iter::repeat_n(1, len)));
-        let first = pad + s.prompt.len();
-        for (j, &token) in s.completion.iter().enumerate() {
-            // The prompt must be non-empty: the first completion token is predicted from it.
-            predicting.push((row * width + first + j - 1) as u32);
-            targets.push(token);
-        }
-    }
+    let Packing {
+        ids,
+        positions,
+        mask,
+        predicting,
+        targets,
+        rows: b,
+        width,
+    } = Packing::new(batch);
     if targets.is_empty() {
         let empty = Tensor::zeros(0, DType::F32, device)?;
         return Ok(TokenScores {
@@ -91,15 +81,13 @@ pub fn score(
             logprobs: empty,
         });
     }
-    let ids = Tensor::from_vec(ids, (batch.len(), width), device)?;
-    let mask = Tensor::from_vec(mask, (batch.len(), width), device)?;
-    let padded = batch
-        .iter()
-        .any(|s| s.prompt.len() + s.completion.len() < width);
-    let hidden = model.forward(&ids, padded.then_some(&mask), None, grad)?;
+    let ids = Tensor::from_vec(ids, (b, width), device)?;
+    let positions = Tensor::from_vec(positions, (b, width), device)?;
+    let mask = Tensor::from_vec(mask, (b, 1, width, width), device)?;
+    let hidden = model.forward_packed(&ids, &positions, &mask, grad)?;
     let h = hidden.dim(D::Minus1)?;
     let rows = hidden
-        .reshape((batch.len() * width, h))?
+        .reshape((b * width, h))?
         .index_select(&Tensor::new(predicting.as_slice(), device)?, 0)?;
     let head = model.lm_head_weight();
     let t = if temperature > 0.0 {
@@ -123,6 +111,126 @@ pub fn score(
             _ => Some(Tensor::cat(&entropies, 0)?),
         },
     })
+}
+
+/// A scoring pass laid out as rows: each row holds one prompt, then every completion of it in
+/// the batch, left-padded to the widest row. A completion attends to its prompt and to its own
+/// earlier tokens only, and its positions continue from the prompt's, so each scores as it
+/// would alone while the prompt is computed (forward and backward) once.
+struct Packing {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// Additive attention mask (rows, width, width).
+    mask: Vec<f32>,
+    /// Flat indices (row * width + column) of the positions whose outputs predict the
+    /// completions' tokens, in batch order, and those tokens.
+    predicting: Vec<u32>,
+    targets: Vec<u32>,
+    rows: usize,
+    width: usize,
+}
+
+impl Packing {
+    fn new(batch: &[Scored]) -> Self {
+        let rows = pack(batch);
+        let b = rows.len();
+        let width = rows.iter().map(|r| r.len(batch)).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * width);
+        let mut positions = Vec::with_capacity(b * width);
+        let mut mask = vec![MASKED as f32; b * width * width];
+        // Per completion, the flat index of the position that predicts its first token (the
+        // prompt's last) and that of its own first token.
+        let mut starts = vec![(0usize, 0usize); batch.len()];
+        for (r, row) in rows.iter().enumerate() {
+            let pad = width - row.len(batch);
+            ids.extend(std::iter::repeat_n(0u32, pad).chain(row.prompt.iter().copied()));
+            positions.extend(std::iter::repeat_n(0u32, pad).chain(0..row.prompt.len() as u32));
+            // Which part of the row each column holds: None for padding, 0 for the prompt,
+            // k + 1 for the row's k-th completion.
+            let mut segment: Vec<Option<usize>> = std::iter::repeat_n(None, pad)
+                .chain(std::iter::repeat_n(Some(0), row.prompt.len()))
+                .collect();
+            // The prompt must be non-empty: the first completion token is predicted from it.
+            let prompt_end = (r * width + segment.len()).saturating_sub(1);
+            for (k, &i) in row.members.iter().enumerate() {
+                starts[i] = (prompt_end, r * width + segment.len());
+                let completion = batch[i].completion;
+                ids.extend_from_slice(completion);
+                let after = row.prompt.len() as u32;
+                positions.extend(after..after + completion.len() as u32);
+                segment.extend(std::iter::repeat_n(Some(k + 1), completion.len()));
+            }
+            let block = &mut mask[r * width * width..(r + 1) * width * width];
+            for (q, &part) in segment.iter().enumerate() {
+                let Some(part) = part else { continue };
+                for (key, &held) in segment[..=q].iter().enumerate() {
+                    if held == Some(0) || held == Some(part) {
+                        block[q * width + key] = 0.0;
+                    }
+                }
+            }
+        }
+        let mut predicting = Vec::new();
+        let mut targets = Vec::new();
+        for (s, &(prompt_end, start)) in batch.iter().zip(&starts) {
+            let n = s.completion.len();
+            predicting.extend((0..n).map(|j| match j {
+                0 => prompt_end as u32,
+                _ => (start + j - 1) as u32,
+            }));
+            targets.extend_from_slice(s.completion);
+        }
+        Self {
+            ids,
+            positions,
+            mask,
+            predicting,
+            targets,
+            rows: b,
+            width,
+        }
+    }
+}
+
+/// One row of a scoring pass: a prompt and the batch's completions of it, in batch order.
+struct Row<'a> {
+    prompt: &'a [u32],
+    members: Vec<usize>,
+}
+
+impl Row<'_> {
+    fn len(&self, batch: &[Scored]) -> usize {
+        self.prompt.len()
+            + self
+                .members
+                .iter()
+                .map(|&i| batch[i].completion.len())
+                .sum::<usize>()
+    }
+}
+
+/// Groups the completions of identical prompts into rows, in order of first appearance.
+fn pack<'a>(batch: &[Scored<'a>]) -> Vec<Row<'a>> {
+    let mut rows: Vec<Row<'a>> = Vec::new();
+    let mut of_prompt: HashMap<&[u32], usize> = HashMap::new();
+    for (i, s) in batch.iter().enumerate() {
+        let r = *of_prompt.entry(s.prompt).or_insert_with(|| {
+            rows.push(Row {
+                prompt: s.prompt,
+                members: Vec::new(),
+            });
+            rows.len() - 1
+        });
+        rows[r].members.push(i);
+    }
+    rows
+}
+
+/// Positions a scoring pass over `batch` computes (rows x widest row): what its activations
+/// take in memory grows with this, and with each row's length squared in attention.
+pub fn pass_size(batch: &[Scored]) -> usize {
+    let rows = pack(batch);
+    rows.len() * rows.iter().map(|r| r.len(batch)).max().unwrap_or(0)
 }
 
 /// log p(target) and optionally the entropy of rows (n, h) under softmax(rows · headᵀ / t),

@@ -1,6 +1,7 @@
 //! One policy update from a batch of rollouts: advantages, then for each epoch the clipped loss
 //! over micro-batches with gradients summed across them, then one clipped AdamW step.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::advantage::{advantages, Estimator};
 use super::loss::{clipped_surrogate, kl_penalty, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
-use crate::model::logprobs::{score, Entropy, Scored};
+use crate::model::logprobs::{pass_size, score, Entropy, Scored};
 use crate::model::Model;
 
 /// One sampled completion and what it earned.
@@ -37,8 +38,13 @@ pub struct Rollout {
 pub struct UpdateConfig {
     pub estimator: Estimator,
     pub loss: LossConfig,
-    /// Sequences per forward/backward pass; bounds memory whatever the batch size.
+    /// Completions per forward/backward pass; bounds memory whatever the batch size.
+    /// Completions of one prompt in a pass share its row (the prompt is computed once), so a
+    /// micro-batch of `selfplay.samples` lets a task's samples share their prompt.
     pub micro_batch: usize,
+    /// Positions per pass (rows x widest row, after that sharing), 0 for no limit: a pass
+    /// closes before it would exceed this, unless it holds a single completion.
+    pub pass_tokens: usize,
     /// Optimisation passes over each batch (each pass is one optimiser step).
     pub epochs: usize,
     /// Temperature the rollouts were sampled at (their log-probs are under logits / T).
@@ -52,7 +58,8 @@ impl Default for UpdateConfig {
         Self {
             estimator: Estimator::TrrPlusPlus,
             loss: LossConfig::default(),
-            micro_batch: 1,
+            micro_batch: 4,
+            pass_tokens: 1600,
             epochs: 1,
             temperature: 1.0,
             entropy_coef: 0.0,
@@ -159,6 +166,33 @@ fn scored<'a>(rollouts: &'a [Rollout], indices: &[usize]) -> Vec<Scored<'a>> {
         .collect()
 }
 
+/// The forward/backward passes over the rollouts at `live`: those of one prompt next to each
+/// other (in order of first appearance), cut into passes of at most `micro_batch` completions
+/// and `pass_tokens` positions.
+pub fn passes(rollouts: &[Rollout], live: &[usize], config: &UpdateConfig) -> Vec<Vec<usize>> {
+    let mut first: HashMap<&[u32], usize> = HashMap::new();
+    for (k, &i) in live.iter().enumerate() {
+        first.entry(&rollouts[i].prompt).or_insert(k);
+    }
+    let mut order = live.to_vec();
+    order.sort_by_key(|&i| first[rollouts[i].prompt.as_slice()]);
+    let mut passes = Vec::new();
+    let mut pass: Vec<usize> = Vec::new();
+    for i in order {
+        pass.push(i);
+        let too_big = pass.len() > config.micro_batch.max(1)
+            || (config.pass_tokens > 0 && pass_size(&scored(rollouts, &pass)) > config.pass_tokens);
+        if too_big && pass.len() > 1 {
+            pass.pop();
+            passes.push(std::mem::replace(&mut pass, vec![i]));
+        }
+    }
+    if !pass.is_empty() {
+        passes.push(pass);
+    }
+    passes
+}
+
 /// Fills each rollout's `ref_logprobs` from a frozen reference model (no gradients, in
 /// micro-batches). Load the reference in bf16 to hold it in half the policy's f32 memory.
 pub fn reference_logprobs(
@@ -167,14 +201,14 @@ pub fn reference_logprobs(
     config: &UpdateConfig,
 ) -> Result<()> {
     let live = with_tokens(rollouts);
-    for chunk in live.chunks(config.micro_batch.max(1)) {
+    for chunk in &passes(rollouts, &live, config) {
         let batch = scored(rollouts, chunk);
         let logp: Vec<f32> = score(reference, &batch, config.temperature, false, Entropy::Skip)?
             .logprobs
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?;
         let mut offset = 0;
-        for &i in chunk {
+        for &i in chunk.iter() {
             let n = rollouts[i].completion.len();
             rollouts[i].ref_logprobs = logp[offset..offset + n].to_vec();
             offset += n;
@@ -233,10 +267,11 @@ pub fn update(
             );
         }
     }
+    let passes = passes(rollouts, &live, config);
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0f64;
-        for chunk in live.chunks(config.micro_batch.max(1)) {
+        for chunk in &passes {
             let batch = scored(rollouts, chunk);
             // The entropy is a metric; it needs a gradient only as a bonus in the loss.
             let entropy_mode = match config.entropy_coef == 0.0 {

@@ -124,9 +124,15 @@ fn scored_logprobs_and_entropy_have_exact_gradients() {
                 prompt: &[1],
                 completion: &[6, 8],
             },
+            // Shares the first one's prompt, so the two share a row.
+            Scored {
+                prompt: &[3, 5, 7],
+                completion: &[8, 1],
+            },
         ];
         let s = score(model, &batch, 0.7, true, Entropy::WithGrad).unwrap();
-        let weights = Tensor::new(&[1.0f64, -0.5, 0.3, 2.0, 0.7], model.device()).unwrap();
+        let weights =
+            Tensor::new(&[1.0f64, -0.5, 0.3, 2.0, 0.7, -1.2, 0.4], model.device()).unwrap();
         let logp = (s.logprobs.to_dtype(DType::F64).unwrap() * &weights).unwrap();
         let h = s.entropy.unwrap().to_dtype(DType::F64).unwrap();
         (logp.sum_all().unwrap() + (h.sum_all().unwrap() * 0.5).unwrap()).unwrap()
@@ -135,6 +141,65 @@ fn scored_logprobs_and_entropy_have_exact_gradients() {
 }
 
 use crate::model::max_abs_diff as max_diff;
+
+/// Completions of one prompt share a row of the scoring pass, yet each gets the log-probs and
+/// gradients it gets when scored alone.
+#[test]
+fn shared_prompts_score_as_they_would_alone() {
+    use crate::model::logprobs::{pass_size, score, Entropy, Scored};
+    let model = Model::random(
+        tiny(Architecture::Qwen2, false),
+        3,
+        &Device::Cpu,
+        DType::F64,
+    )
+    .unwrap();
+    let (a, b): (&[u32], &[u32]) = (&[3, 5, 7, 1], &[2, 6]);
+    let batch = [
+        Scored {
+            prompt: a,
+            completion: &[2, 9, 4],
+        },
+        Scored {
+            prompt: b,
+            completion: &[6, 8, 8, 3, 1],
+        },
+        Scored {
+            prompt: a,
+            completion: &[8],
+        },
+        Scored {
+            prompt: a,
+            completion: &[4, 4, 10, 2],
+        },
+    ];
+    // Two rows (a + 8 completion tokens, b + 5), as wide as the first.
+    assert_eq!(pass_size(&batch), 2 * 12);
+    let packed = score(&model, &batch, 0.8, true, Entropy::Value).unwrap();
+    let alone: Vec<_> = batch
+        .iter()
+        .map(|s| score(&model, std::slice::from_ref(s), 0.8, true, Entropy::Value).unwrap())
+        .collect();
+    let cat = |f: &dyn Fn(&crate::model::logprobs::TokenScores) -> Tensor| {
+        Tensor::cat(&alone.iter().map(f).collect::<Vec<_>>(), 0).unwrap()
+    };
+    let logp = cat(&|s| s.logprobs.clone());
+    assert!(max_diff(&packed.logprobs, &logp) < 1e-5);
+    let entropy = cat(&|s| s.entropy.clone().unwrap());
+    assert!(max_diff(packed.entropy.as_ref().unwrap(), &entropy) < 1e-5);
+    let weights = Tensor::arange(0.0f64, 13.0, &Device::Cpu)
+        .unwrap()
+        .cos()
+        .unwrap();
+    let objective = |logp: &Tensor| (logp * &weights).unwrap().sum_all().unwrap();
+    let packed_grads = objective(&packed.logprobs).backward().unwrap();
+    let alone_grads = objective(&logp).backward().unwrap();
+    for (name, var) in model.named_vars() {
+        let (p, s) = (packed_grads.get(var), alone_grads.get(var));
+        let (p, s) = (p.expect(&name), s.expect(&name));
+        assert!(max_diff(p, s) < 1e-5, "{name}: {}", max_diff(p, s));
+    }
+}
 
 #[test]
 fn cached_decoding_matches_the_full_forward() {

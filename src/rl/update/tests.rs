@@ -96,7 +96,7 @@ fn grpo_learns_a_toy_verifiable_reward() {
 
 #[test]
 fn micro_batching_does_not_change_the_update() {
-    let run = |micro_batch| {
+    let run = |micro_batch, pass_tokens| {
         let (model, mut optimizer) = policy(
             Architecture::Llama,
             true,
@@ -107,11 +107,12 @@ fn micro_batching_does_not_change_the_update() {
                 ..Default::default()
             },
         );
+        // Rollouts 0 and 3, 1 and 4, 2 and 5 share a prompt (and so a row when in one pass).
         let rollouts: Vec<Rollout> = (0..6)
             .map(|i| Rollout {
-                prompt: vec![1, 2 + i as u32],
-                completion: vec![3, 4, 5][..1 + i % 3].to_vec(),
-                logprobs: vec![-2.0; 1 + i % 3],
+                prompt: vec![1, 2 + (i % 3) as u32],
+                completion: vec![3, 4, 5, 6][..1 + (i * 3) % 4].to_vec(),
+                logprobs: vec![-2.0; 1 + (i * 3) % 4],
                 ref_logprobs: vec![],
                 reward: (i % 2) as f32,
                 task_group: 0,
@@ -120,6 +121,7 @@ fn micro_batching_does_not_change_the_update() {
             .collect();
         let config = UpdateConfig {
             micro_batch,
+            pass_tokens,
             ..Default::default()
         };
         update(&model, &mut optimizer, &rollouts, &config).unwrap();
@@ -131,10 +133,57 @@ fn micro_batching_does_not_change_the_update() {
             .to_vec1::<f64>()
             .unwrap()
     };
-    let (whole, split) = (run(6), run(2));
-    for (a, b) in whole.iter().zip(&split) {
-        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    let whole = run(6, 0);
+    for split in [run(1, 0), run(2, 0), run(6, 5)] {
+        for (a, b) in whole.iter().zip(&split) {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
     }
+}
+
+#[test]
+fn passes_keep_a_prompts_completions_together_within_their_limits() {
+    let rollout = |prompt: &[u32], n: usize| Rollout {
+        prompt: prompt.to_vec(),
+        completion: vec![9; n],
+        logprobs: vec![-1.0; n],
+        ref_logprobs: vec![],
+        reward: 0.0,
+        task_group: 0,
+        prompt_group: 0,
+    };
+    // Prompts a (3 tokens) x3, b (2 tokens) x2, interleaved.
+    let (a, b): (&[u32], &[u32]) = (&[1, 2, 3], &[4, 5]);
+    let rollouts = [
+        rollout(a, 2),
+        rollout(b, 1),
+        rollout(a, 1),
+        rollout(b, 4),
+        rollout(a, 3),
+    ];
+    let live = [0, 1, 2, 3, 4];
+    let plan = |micro_batch, pass_tokens| {
+        let config = UpdateConfig {
+            micro_batch,
+            pass_tokens,
+            ..Default::default()
+        };
+        passes(&rollouts, &live, &config)
+    };
+    assert_eq!(
+        plan(1, 0),
+        vec![vec![0], vec![2], vec![4], vec![1], vec![3]]
+    );
+    assert_eq!(plan(3, 0), vec![vec![0, 2, 4], vec![1, 3]]);
+    assert_eq!(plan(2, 0), vec![vec![0, 2], vec![4, 1], vec![3]]);
+    // a's three completions in one row are 3 + 6 = 9 positions; 8 splits them.
+    assert_eq!(plan(5, 9), vec![vec![0, 2, 4], vec![1, 3]]);
+    assert_eq!(plan(5, 8), vec![vec![0, 2], vec![4], vec![1, 3]]);
+    // A completion too long for the limit still gets a pass of its own.
+    assert_eq!(
+        plan(5, 2),
+        vec![vec![0], vec![2], vec![4], vec![1], vec![3]]
+    );
 }
 
 fn fixed_rollouts() -> Vec<Rollout> {
