@@ -65,15 +65,8 @@ pub fn score(
     entropy: Entropy,
 ) -> candle_core::Result<TokenScores> {
     let device = model.device();
-    let Packing {
-        ids,
-        positions,
-        mask,
-        predicting,
-        targets,
-        rows: b,
-        width,
-    } = Packing::new(batch);
+    let packing = Packing::new(batch);
+    let (b, width, targets) = (packing.rows, packing.width, packing.targets);
     if targets.is_empty() {
         let empty = Tensor::zeros(0, DType::F32, device)?;
         return Ok(TokenScores {
@@ -81,14 +74,14 @@ pub fn score(
             logprobs: empty,
         });
     }
-    let ids = Tensor::from_vec(ids, (b, width), device)?;
-    let positions = Tensor::from_vec(positions, (b, width), device)?;
-    let mask = Tensor::from_vec(mask, (b, 1, width, width), device)?;
+    let ids = Tensor::from_vec(packing.ids, (b, width), device)?;
+    let positions = Tensor::from_vec(packing.positions, (b, width), device)?;
+    let mask = Tensor::from_vec(packing.mask, (b, 1, width, width), device)?;
     let hidden = model.forward_packed(&ids, &positions, &mask, grad)?;
     let h = hidden.dim(D::Minus1)?;
     let rows = hidden
         .reshape((b * width, h))?
-        .index_select(&Tensor::new(predicting.as_slice(), device)?, 0)?;
+        .index_select(&Tensor::new(packing.predicting.as_slice(), device)?, 0)?;
     let head = model.lm_head_weight();
     let t = if temperature > 0.0 {
         temperature as f64
