@@ -5,7 +5,8 @@
 #
 #   benches/eval_sweep.sh [MODEL ...]     # default: both provisioned models
 #
-# BATCH (default 16) sets `--batch`; greedy decoding does not depend on it.
+# BATCH (default 16) sets `--batch`; greedy decoding does not depend on it. BENCHES (default
+# "humaneval mbpp cruxeval-o cruxeval-i") picks the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models=("$@")
@@ -13,7 +14,7 @@ models=("$@")
 cargo build --release -q
 mkdir -p evals/sweep
 for model in "${models[@]}"; do
-    for bench in humaneval mbpp cruxeval-o cruxeval-i; do
+    for bench in ${BENCHES:-humaneval mbpp cruxeval-o cruxeval-i}; do
         target/release/azr eval --bench "$bench" --model "$model" --batch "${BATCH:-16}" \
             --out "evals/sweep/$bench-$model.json"
     done
