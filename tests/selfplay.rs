@@ -97,6 +97,7 @@ fn two_steps_then_resume_to_the_third() {
         "approx_kl",
         "peak_rss_mb",
         "groups",
+        "trained_tokens",
     ] {
         assert!(
             lines[1]["update"].get(key).is_some(),

@@ -79,13 +79,18 @@ pub struct UpdateMetrics {
     pub reward_mean: f64,
     pub advantage_mean: f64,
     pub advantage_std: f64,
-    /// Mean entropy of the policy over the batch's tokens.
-    pub entropy: f64,
+    /// Mean entropy of the policy over the tokens it was trained on (none: nothing trained).
+    pub entropy: Option<f64>,
     /// Mean per-token KL(policy || reference), when the KL penalty is on.
     pub kl_to_reference: f64,
     /// Reward and advantage statistics per (task type x role) group.
     pub groups: Vec<GroupMetrics>,
+    /// Completion tokens in the batch.
     pub tokens: usize,
+    /// Of those, the tokens that went through forward and backward: rollouts whose advantage
+    /// is 0 add nothing to the gradient and are left out (unless a KL or entropy term is on).
+    pub trained_tokens: usize,
+    /// Trained tokens per second of the update.
     pub tokens_per_sec: f64,
     /// Peak resident memory of the process so far, in MiB (Linux; 0 elsewhere).
     pub peak_rss_mb: f64,
@@ -218,7 +223,11 @@ pub fn reference_logprobs(
 }
 
 /// Runs one update of `model` on `rollouts`. Rollouts with empty completions carry no tokens
-/// and are skipped (their rewards still shape the advantages of the others).
+/// and are skipped (their rewards still shape the advantages of the others), and so are those
+/// whose advantage is 0 when the loss has no KL or entropy term: every term of the clipped
+/// surrogate is a multiple of the advantage, so they change neither the loss nor its gradient
+/// (the normaliser still counts their tokens). With nothing left, AdamW steps on a zero
+/// gradient, as it would have on the whole batch.
 pub fn update(
     model: &Model,
     optimizer: &mut AdamW,
@@ -251,6 +260,13 @@ pub fn update(
     if live.is_empty() {
         return Ok(metrics);
     }
+    let regularised = config.loss.kl_coef != 0.0 || config.entropy_coef != 0.0;
+    let trained: Vec<usize> = live
+        .iter()
+        .copied()
+        .filter(|&i| regularised || adv[i] != 0.0)
+        .collect();
+    metrics.trained_tokens = trained.iter().map(|&i| rollouts[i].completion.len()).sum();
     let mut stats = LossStats::default();
     let mut entropy_sum = 0f64;
     let mut kl_sum = 0f64;
@@ -267,7 +283,7 @@ pub fn update(
             );
         }
     }
-    let passes = passes(rollouts, &live, config);
+    let passes = passes(rollouts, &trained, config);
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         let mut loss_sum = 0f64;
@@ -328,19 +344,32 @@ pub fn update(
             }
         }
         metrics.lr = optimizer.config.lr_at(optimizer.step);
-        metrics.grad_norm = optimizer.step(grads.as_ref().expect("at least one micro-batch"))?;
+        let grads = match grads {
+            Some(g) => g,
+            None => zero_gradients(&params)?,
+        };
+        metrics.grad_norm = optimizer.step(&grads)?;
         metrics.loss = loss_sum;
     }
     let counted = stats.tokens.max(1) as f64;
     metrics.clip_frac_low = stats.clipped_low as f64 / counted;
     metrics.clip_frac_high = stats.clipped_high as f64 / counted;
     metrics.approx_kl = stats.approx_kl / counted;
-    metrics.entropy = entropy_sum / counted;
+    metrics.entropy = (stats.tokens > 0).then(|| entropy_sum / counted);
     metrics.kl_to_reference = kl_sum / counted;
     metrics.peak_rss_mb = peak_rss_mb();
     metrics.tokens_per_sec =
-        (tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();
+        (metrics.trained_tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();
     Ok(metrics)
+}
+
+/// A gradient of zeros for every parameter.
+fn zero_gradients(params: &[&Var]) -> Result<GradStore> {
+    let mut grads = GradStore::default();
+    for p in params {
+        grads.insert(p.as_tensor(), p.zeros_like()?);
+    }
+    Ok(grads)
 }
 
 #[cfg(test)]

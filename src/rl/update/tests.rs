@@ -186,6 +186,7 @@ fn passes_keep_a_prompts_completions_together_within_their_limits() {
     );
 }
 
+/// Two groups of three, each with one rewarded rollout, so every advantage is non-zero.
 fn fixed_rollouts() -> Vec<Rollout> {
     (0..6)
         .map(|i| Rollout {
@@ -193,7 +194,7 @@ fn fixed_rollouts() -> Vec<Rollout> {
             completion: [3, 4, 5][..1 + i % 3].to_vec(),
             logprobs: vec![-2.3; 1 + i % 3],
             ref_logprobs: vec![],
-            reward: (i % 2) as f32,
+            reward: f32::from(i % 3 == 0),
             task_group: (i % 2) as u64,
             prompt_group: 0,
         })
@@ -295,25 +296,104 @@ fn metrics_cover_groups_entropy_and_memory() {
     )
     .unwrap();
     assert_eq!(m.groups.len(), 2);
-    assert_eq!((m.groups[0].count, m.groups[0].reward_mean), (3, 0.0));
-    assert_eq!((m.groups[1].count, m.groups[1].reward_mean), (3, 1.0));
-    // Each group's rewards are equal, so TRR++ gives every advantage 0.
-    assert!(m
-        .groups
-        .iter()
-        .all(|g| g.advantage_mean.abs() < 1e-9 && g.advantage_std < 1e-9));
-    assert!(
-        m.entropy > 0.0 && m.entropy <= (11f64).ln() + 1e-6,
-        "{}",
-        m.entropy
-    );
+    for g in &m.groups {
+        assert_eq!(g.count, 3);
+        assert!((g.reward_mean - 1.0 / 3.0).abs() < 1e-6, "{g:?}");
+        // TRR++ normalises each group: mean 0, std 1.
+        assert!(g.advantage_mean.abs() < 1e-6 && (g.advantage_std - 1.0).abs() < 1e-4);
+    }
+    let entropy = m.entropy.expect("every rollout was trained");
+    assert!(entropy > 0.0 && entropy <= (11f64).ln() + 1e-6, "{entropy}");
     assert!(m.peak_rss_mb > 1.0);
-    assert_eq!(m.tokens, 12);
+    assert_eq!((m.tokens, m.trained_tokens), (12, 12));
+}
+
+fn start() -> (Model, AdamW) {
+    let optim = OptimConfig {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    policy(Architecture::Qwen2, false, 8, DType::F64, optim)
+}
+
+fn weights(model: &Model) -> Vec<f64> {
+    model
+        .named_vars()
+        .iter()
+        .flat_map(|(_, v)| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Weights, loss and gradient norm after `update`, and after one AdamW step on the gradient of
+/// the whole batch's loss (zero-advantage rollouts included), from the same start.
+fn updated_both_ways(rollouts: &[Rollout]) -> [(Vec<f64>, f64, f64); 2] {
+    let config = UpdateConfig::default();
+    let (model, mut optimizer) = start();
+    let m = update(&model, &mut optimizer, rollouts, &config).unwrap();
+    let (reference, mut reference_optimizer) = start();
+    let loss = batch_loss(&reference, rollouts, &config);
+    let grads = loss.backward().unwrap();
+    let norm = reference_optimizer.step(&grads).unwrap();
+    [
+        (weights(&model), m.loss, m.grad_norm),
+        (weights(&reference), loss.to_scalar().unwrap(), norm),
+    ]
+}
+
+fn assert_same(skipped: &(Vec<f64>, f64, f64), whole: &(Vec<f64>, f64, f64)) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+    assert!(
+        close(skipped.1, whole.1),
+        "loss {} vs {}",
+        skipped.1,
+        whole.1
+    );
+    assert!(
+        close(skipped.2, whole.2),
+        "grad norm {} vs {}",
+        skipped.2,
+        whole.2
+    );
+    assert!(skipped.0.iter().zip(&whole.0).all(|(a, b)| close(*a, *b)));
+}
+
+#[test]
+fn zero_advantage_rollouts_are_left_out_without_changing_the_update() {
+    // Group 1's rewards are all 0, so its advantages are 0; group 0 keeps +-.
+    let mut rollouts = fixed_rollouts();
+    rollouts[3].reward = 0.0;
+    let config = UpdateConfig::default();
+    let (model, mut optimizer) = start();
+    let m = update(&model, &mut optimizer, &rollouts, &config).unwrap();
+    assert_eq!((m.tokens, m.trained_tokens), (12, 6));
+    let [skipped, whole] = updated_both_ways(&rollouts);
+    assert!(whole.2 > 0.0);
+    assert_same(&skipped, &whole);
+    // Nothing left to train: AdamW still steps (weight decay) on a zero gradient.
+    rollouts[0].reward = 0.0;
+    let (model, mut optimizer) = start();
+    let m = update(&model, &mut optimizer, &rollouts, &config).unwrap();
+    assert_eq!((m.trained_tokens, m.entropy), (0, None));
+    let [skipped, whole] = updated_both_ways(&rollouts);
+    assert_same(&skipped, &whole);
+    let untouched = weights(&start().0);
+    assert!(
+        skipped.0.iter().zip(&untouched).any(|(a, b)| a != b),
+        "weight decay moves the weights"
+    );
 }
 
 #[test]
 fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
-    // A random model starts near the maximum, ln 11: compare a bonus with a penalty.
+    // A random model starts near the maximum, ln 11: compare a bonus with a penalty (the
+    // advantages move the entropy too, so "none" is not the start).
     let after = |coef: f64| {
         let (model, mut optimizer) = policy(
             Architecture::Qwen2,
@@ -334,13 +414,14 @@ fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
                 update(&model, &mut optimizer, &fixed_rollouts(), &config)
                     .unwrap()
                     .entropy
+                    .expect("every rollout is trained")
             })
             .last()
             .unwrap()
     };
     let (bonus, none, penalty) = (after(1.0), after(0.0), after(-1.0));
     assert!(
-        bonus > none && none > penalty + 0.1,
+        bonus > none + 0.01 && none > penalty + 0.05,
         "bonus {bonus}, none {none}, penalty {penalty}"
     );
 }
