@@ -17,17 +17,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Tokens of a prompt: the model's chat template when it has one, else AZR's plain frame.
+    /// Tokens of a prompt: the model's chat template when it has one, else AZR's plain frame,
+    /// opened at `<think>`.
     pub fn render(&self, prompt: &ChatPrompt) -> Result<Vec<u32>, ModelError> {
-        let text = match self.tokenizer.chat_template() {
-            Some(template) => {
-                chat::apply_template(template, prompt).map_err(|e| ModelError::Invalid {
-                    path: self.dir.clone(),
-                    detail: format!("the chat template failed: {e}"),
-                })?
+        let text = chat::selfplay(self.tokenizer.chat_template(), prompt).map_err(|e| {
+            ModelError::Invalid {
+                path: self.dir.clone(),
+                detail: format!("the chat template failed: {e}"),
             }
-            None => chat::plain(prompt),
-        };
+        })?;
         self.tokenizer.encode(&text)
     }
 

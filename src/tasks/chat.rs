@@ -33,13 +33,27 @@ pub fn apply_template(template: &str, prompt: &ChatPrompt) -> Result<String, Err
     })
 }
 
+/// Where a self-play answer starts: the reasoning, as the frame asks.
+const OPEN: &str = "<think>";
+
 /// The transcript a base model (no chat template) continues, as in AZR: the frame, the
 /// question, and the assistant's turn opened at `<think>`.
 pub fn plain(prompt: &ChatPrompt) -> String {
     format!(
-        "{}\nUser: {}\nAssistant: <think>",
+        "{}\nUser: {}\nAssistant: {OPEN}",
         prompt.system, prompt.user
     )
+}
+
+/// The text a model continues in self-play: its chat template when it has one (else the plain
+/// transcript), with the assistant's turn opened at `<think>` either way. Left to open its own
+/// turn, Qwen2.5-Coder-0.5B-Instruct answers straight away and every completion of its first
+/// self-play steps failed the frame, so no reward had any variance to learn from.
+pub fn selfplay(template: Option<&str>, prompt: &ChatPrompt) -> Result<String, Error> {
+    match template {
+        Some(template) => Ok(apply_template(template, prompt)? + OPEN),
+        None => Ok(plain(prompt)),
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +88,13 @@ mod tests {
             "{err}"
         );
         assert!(apply_template("{% for %}", &prompt()).is_err());
+    }
+
+    #[test]
+    fn selfplay_opens_the_assistants_turn_at_think_with_or_without_a_template() {
+        let chat = selfplay(Some(CHATML), &prompt()).unwrap();
+        assert!(chat.ends_with("<|im_start|>assistant\n<think>"), "{chat}");
+        assert_eq!(selfplay(None, &prompt()).unwrap(), plain(&prompt()));
     }
 
     #[test]
