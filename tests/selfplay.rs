@@ -15,13 +15,31 @@ fn smoke() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml").to_string()
 }
 
-/// `azr selfplay` on the smoke config for `steps` steps in `run`.
-fn command(run: &Path, steps: u64) -> Command {
+/// The smoke config with every rollout trained: a (negligible) entropy bonus needs every
+/// token, so the update runs forward and backward on the real model even when, as usual with
+/// SmolLM2, every advantage is 0.
+fn smoke_training_everything(dir: &Path) -> String {
+    let text = std::fs::read_to_string(smoke()).unwrap();
+    assert!(
+        text.contains("\n[rl]\n"),
+        "configs/smoke.toml has an [rl] table"
+    );
+    let path = dir.join("smoke-train-all.toml");
+    std::fs::write(
+        &path,
+        text.replace("\n[rl]\n", "\n[rl]\nentropy_coef = 1e-12\n"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `azr selfplay` on `config` for `steps` steps in `run`.
+fn command(config: &str, run: &Path, steps: u64) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_azr"));
     cmd.args([
         "selfplay",
         "--config",
-        &smoke(),
+        config,
         "--run",
         run.to_str().unwrap(),
     ])
@@ -29,8 +47,8 @@ fn command(run: &Path, steps: u64) -> Command {
     cmd
 }
 
-fn selfplay(run: &Path, steps: u64, extra: &[&str]) -> Output {
-    command(run, steps)
+fn selfplay(config: &str, run: &Path, steps: u64, extra: &[&str]) -> Output {
+    command(config, run, steps)
         .args(extra)
         .output()
         .expect("running azr selfplay")
@@ -64,7 +82,7 @@ fn two_steps_then_resume_to_the_third() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = selfplay(&run, 2, &[]);
+    let out = selfplay(&smoke(), &run, 2, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("step     2 |"), "{}", text(&out));
 
@@ -164,10 +182,10 @@ fn two_steps_then_resume_to_the_third() {
     }
 
     // Without --resume the directory is refused; with it the run goes on to step 3.
-    let again = selfplay(&run, 3, &[]);
+    let again = selfplay(&smoke(), &run, 3, &[]);
     assert_eq!(again.status.code(), Some(2));
     assert!(text(&again).contains("--resume"), "{}", text(&again));
-    let out = selfplay(&run, 3, &["--resume"]);
+    let out = selfplay(&smoke(), &run, 3, &["--resume"]);
     assert!(out.status.success(), "{}", text(&out));
     let steps: Vec<u64> = metrics(&run)
         .iter()
@@ -182,7 +200,8 @@ fn killed_mid_step_resumes_from_the_last_checkpoint() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut child = command(&run, 4)
+    let config = smoke_training_everything(dir.path());
+    let mut child = command(&config, &run, 4)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -202,13 +221,20 @@ fn killed_mid_step_resumes_from_the_last_checkpoint() {
     child.wait().unwrap();
     let done = *checkpoint_steps(&run).last().unwrap();
 
-    let out = selfplay(&run, done + 1, &["--resume"]);
+    let out = selfplay(&config, &run, done + 1, &["--resume"]);
     assert!(out.status.success(), "{}", text(&out));
     let steps: Vec<u64> = metrics(&run)
         .iter()
         .map(|l| l["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=done + 1).collect::<Vec<_>>());
+    // Every step trained the real model on all its rollouts.
+    for line in metrics(&run) {
+        let update = &line["update"];
+        assert_eq!(update["trained_tokens"], update["tokens"], "{update}");
+        assert!(update["tokens"].as_u64().unwrap() > 0 && update["entropy"].is_f64());
+        assert!(update["grad_norm"].as_f64().unwrap() > 0.0, "{update}");
+    }
     // No buffer row survives from the killed step beyond what the resumed step wrote.
     let buffer = Buffer::open_existing(&run.join("buffer.sqlite")).unwrap();
     assert!(buffer
