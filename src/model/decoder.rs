@@ -2,8 +2,9 @@
 //! embedding, N blocks of pre-norm GQA attention with RoPE and a SwiGLU MLP, final RMSNorm, and
 //! an LM head tied to the embedding or not. Weights are `Var`s named after the HF tensors.
 //!
-//! One forward serves both paths: `grad = true` composes differentiable ops (training),
-//! `grad = false` uses candle's fused kernels and may extend a KV cache (generation).
+//! One forward serves both paths: with a gradient it composes differentiable ops (training;
+//! given [`WeightGrads`], the matrices' gradients are summed into them in place), without one
+//! it uses candle's fused kernels and may extend a KV cache (generation).
 //! Positions are absolute column indices, padding included: RoPE attention depends only on
 //! relative positions, so left padding shifts nothing but the (masked) pad columns.
 
@@ -14,6 +15,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use super::config::ModelConfig;
+use super::weight_grads::{self, WeightGrads};
 use super::{attention, matvec, ops, ModelError};
 
 /// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
@@ -27,10 +29,14 @@ struct Linear {
 }
 
 impl Linear {
-    /// x (b, t, in) -> (b, t, out); `grad` false allows the no-backward decode kernel.
-    fn forward(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    /// x (b, t, in) -> (b, t, out); a pass without grad may use the decode kernel.
+    fn forward(&self, x: &Tensor, pass: &Pass) -> candle_core::Result<Tensor> {
         let (b, t, n) = x.dims3()?;
-        let y = product(&x.reshape((b * t, n))?, &self.weight, grad)?;
+        let x = x.reshape((b * t, n))?;
+        let y = match pass.grad.sink(&self.weight) {
+            Some(sink) => weight_grads::project(&x, &self.weight, sink)?,
+            None => product(&x, &self.weight, pass.grad.on())?,
+        };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -88,13 +94,38 @@ impl KvCache {
     }
 }
 
+/// Whether a forward pass records a graph for backward, and where the matrices' gradients go.
+#[derive(Clone, Copy)]
+pub enum Grad<'a> {
+    /// No backward follows.
+    Off,
+    /// Backward returns every parameter's gradient.
+    Graph,
+    /// Backward returns the vectors' gradients; the matrices' are added into these.
+    Into(&'a WeightGrads),
+}
+
+impl Grad<'_> {
+    pub fn on(&self) -> bool {
+        !matches!(self, Grad::Off)
+    }
+
+    /// The accumulator `weight`'s gradient goes into, if any.
+    pub(super) fn sink(&self, weight: &Tensor) -> Option<&Tensor> {
+        match self {
+            Grad::Into(grads) => grads.sink(weight),
+            _ => None,
+        }
+    }
+}
+
 /// What every block of one forward pass shares: the rotary tables for its positions, the
-/// attention mask, and whether it records a graph for backward.
-struct Pass {
+/// attention mask, and whether (and how) it records a graph for backward.
+struct Pass<'a> {
     cos: Tensor,
     sin: Tensor,
     mask: Option<Tensor>,
-    grad: bool,
+    grad: Grad<'a>,
 }
 
 /// A loaded decoder.
@@ -322,7 +353,7 @@ impl Model {
             cos: self.cos.narrow(0, offset, t)?,
             sin: self.sin.narrow(0, offset, t)?,
             mask: self.attention_mask(b, t, offset, key_mask)?,
-            grad,
+            grad: if grad { Grad::Graph } else { Grad::Off },
         };
         self.run(ids, &pass, cache)
     }
@@ -337,7 +368,7 @@ impl Model {
         ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
-        grad: bool,
+        grad: Grad,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let at = |table: &Tensor| -> candle_core::Result<Tensor> {
@@ -361,11 +392,13 @@ impl Model {
         mut cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let grad = pass.grad;
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
+        let grad = pass.grad.on();
+        let ids = ids.flatten_all()?;
+        let x = match pass.grad.sink(&self.embed_tokens) {
+            Some(sink) => weight_grads::lookup(&self.embed_tokens, &ids.to_vec1()?, sink)?,
+            None => self.embed_tokens.index_select(&ids, 0)?,
+        };
+        let mut x = x.reshape((b, t, ()))?;
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.blocks.len(), None);
         }
@@ -448,13 +481,12 @@ impl Model {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let h = ops::rms_norm(x, &block.input_layernorm, eps, pass.grad)?;
+        let h = ops::rms_norm(x, &block.input_layernorm, eps, pass.grad.on())?;
         let attn = self.attention(block, &h, pass, cache)?;
         let x = (x + attn)?;
-        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad)?;
-        let g = pass.grad;
-        let mlp = block.gate_proj.forward(&h, g)?.silu()? * block.up_proj.forward(&h, g)?;
-        x + block.down_proj.forward(&mlp?, g)?
+        let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
+        let mlp = block.gate_proj.forward(&h, pass)?.silu()? * block.up_proj.forward(&h, pass)?;
+        x + block.down_proj.forward(&mlp?, pass)?
     }
 
     fn attention(
@@ -470,14 +502,14 @@ impl Model {
             mask,
             grad,
         } = pass;
-        let (mask, grad) = (mask.as_ref(), *grad);
+        let (mask, grad) = (mask.as_ref(), grad.on());
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = split(block.q_proj.forward(x, grad)?, heads)?;
-        let k = split(block.k_proj.forward(x, grad)?, kv_heads)?;
-        let v = split(block.v_proj.forward(x, grad)?, kv_heads)?.contiguous()?;
+        let q = split(block.q_proj.forward(x, pass)?, heads)?;
+        let k = split(block.k_proj.forward(x, pass)?, kv_heads)?;
+        let v = split(block.v_proj.forward(x, pass)?, kv_heads)?.contiguous()?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let (k, v) = match cache {
@@ -504,7 +536,7 @@ impl Model {
         let out = attention::attend(&q, &k, &v, mask, grad)?.reshape((b, heads, t, d))?;
         block
             .o_proj
-            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?, grad)
+            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?, pass)
     }
 }
 

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, D};
 
-use super::decoder::MASKED;
-use super::Model;
+use super::decoder::{Grad, MASKED};
+use super::{weight_grads, Model};
 
 /// A prompt and the completion whose tokens are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,16 +52,17 @@ pub fn completion_logprobs(
     temperature: f32,
     grad: bool,
 ) -> candle_core::Result<Tensor> {
+    let grad = if grad { Grad::Graph } else { Grad::Off };
     Ok(score(model, batch, temperature, grad, Entropy::Skip)?.logprobs)
 }
 
 /// [`completion_logprobs`] plus, unless [`Entropy::Skip`], each position's entropy under
-/// logits / T.
+/// logits / T; `grad` says where the gradients go.
 pub fn score(
     model: &Model,
     batch: &[Scored],
     temperature: f32,
-    grad: bool,
+    grad: Grad,
     entropy: Entropy,
 ) -> candle_core::Result<TokenScores> {
     let device = model.device();
@@ -233,13 +234,14 @@ pub fn pass_size(batch: &[Scored]) -> usize {
 /// `sum(rows ⊙ (C · head)) / t` whose coefficients C (n, vocab) are held constant: with
 /// C = onehot(target) - p the surrogate's gradient with respect to rows and head is exactly that
 /// of log p(target), and with C = -p ⊙ (log p + H) that of the entropy H. Each keeps one
-/// (n, vocab) tensor for backward; the composed log-softmax kept five.
+/// (n, vocab) tensor for backward; the composed log-softmax kept five. With an accumulator for
+/// the head, its gradient Cᵀ · rows is added there (`weight_grads.rs`).
 fn chunk_scores(
     rows: &Tensor,
     head: &Tensor,
     target: &Tensor,
     t: f64,
-    grad: bool,
+    grad: Grad,
     entropy: Entropy,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let accumulate = super::ops::accumulate_dtype(rows.dtype());
@@ -251,21 +253,38 @@ fn chunk_scores(
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
     // The weights are Vars, so rows and head track a graph even from a pass without grad.
-    let tracked = grad && (rows.track_op() || head.track_op());
+    let tracked = grad.on() && (rows.track_op() || head.track_op());
     if !tracked && entropy == Entropy::Skip {
         return Ok((value, None));
     }
     let p = logp.exp()?;
-    // d/d(rows, head) of sum(rows ⊙ (C · head)) / t, as a zero-valued term.
-    let with_grad = |value: Tensor, direction: Tensor| -> candle_core::Result<Tensor> {
-        let surrogate = ((rows * direction)?.sum(D::Minus1)?.to_dtype(accumulate)? / t)?;
-        value + (&surrogate - surrogate.detach())?
+    let sink = grad.sink(head);
+    // d/d(rows, head) of sum(rows ⊙ (C · head)) / t, as a zero-valued term. `c` builds C (only
+    // the accumulator's path needs it whole) and `c_head` is C · head.
+    let with_grad = |value: Tensor,
+                     c: &dyn Fn() -> candle_core::Result<Tensor>,
+                     c_head: &dyn Fn() -> candle_core::Result<Tensor>|
+     -> candle_core::Result<Tensor> {
+        let zero = match sink {
+            Some(sink) => weight_grads::head_surrogate(rows, head, (c()? / t)?, sink)?,
+            None => {
+                let surrogate = ((rows * c_head()?)?.sum(D::Minus1)?.to_dtype(accumulate)? / t)?;
+                (&surrogate - surrogate.detach())?
+            }
+        };
+        value + zero
     };
     let logp_target = match tracked {
-        // C · head = head[target] - p · head.
         true => with_grad(
             value,
-            (head.index_select(target, 0)? - p.to_dtype(head.dtype())?.matmul(head)?)?,
+            &|| {
+                let c = p.neg()?;
+                let ones = Tensor::ones((target.dim(0)?, 1), c.dtype(), c.device())?;
+                c.scatter_add_set(&target.unsqueeze(1)?, &ones, 1)?;
+                Ok(c)
+            },
+            // C · head = head[target] - p · head.
+            &|| head.index_select(target, 0)? - p.to_dtype(head.dtype())?.matmul(head)?,
         )?,
         false => value,
     };
@@ -275,8 +294,10 @@ fn chunk_scores(
             let h = (&p * &logp)?.sum(D::Minus1)?.neg()?;
             Some(match tracked && entropy == Entropy::WithGrad {
                 true => {
-                    let c = (p.neg()? * logp.broadcast_add(&h.unsqueeze(1)?)?)?;
-                    with_grad(h, c.to_dtype(head.dtype())?.matmul(head)?)?
+                    let c = || {
+                        (p.neg()? * logp.broadcast_add(&h.unsqueeze(1)?)?)?.to_dtype(head.dtype())
+                    };
+                    with_grad(h.clone(), &c, &|| c()?.matmul(head))?
                 }
                 false => h,
             })

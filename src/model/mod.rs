@@ -6,19 +6,22 @@ mod attention;
 pub mod config;
 pub mod decoder;
 pub mod device;
+mod gemm;
 pub mod gguf;
 pub mod logprobs;
 pub mod matvec;
 mod ops;
 pub mod provision;
 pub mod tokenizer;
+pub mod weight_grads;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{KvCache, Model};
+pub use decoder::{Grad, KvCache, Model};
 pub use device::{DeviceSpec, Precision};
 pub use tokenizer::TextTokenizer;
+pub use weight_grads::WeightGrads;
 
 /// Why a model could not be loaded, imported or run.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use super::advantage::{advantages, Estimator};
 use super::loss::{clipped_surrogate, kl_penalty, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
 use crate::model::logprobs::{pass_size, score, Entropy, Scored};
-use crate::model::Model;
+use crate::model::{Grad, Model, WeightGrads};
 
 /// One sampled completion and what it earned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,10 +208,16 @@ pub fn reference_logprobs(
     let live = with_tokens(rollouts);
     for chunk in &passes(rollouts, &live, config) {
         let batch = scored(rollouts, chunk);
-        let logp: Vec<f32> = score(reference, &batch, config.temperature, false, Entropy::Skip)?
-            .logprobs
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
+        let logp: Vec<f32> = score(
+            reference,
+            &batch,
+            config.temperature,
+            Grad::Off,
+            Entropy::Skip,
+        )?
+        .logprobs
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
         let mut offset = 0;
         for &i in chunk.iter() {
             let n = rollouts[i].completion.len();
@@ -286,6 +292,9 @@ pub fn update(
     let passes = passes(rollouts, &trained, config);
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
+        // Matrices' gradients summed in place over the passes, where the device allows it.
+        let sinks = WeightGrads::new(&params)?;
+        let grad = sinks.as_ref().map_or(Grad::Graph, Grad::Into);
         let mut loss_sum = 0f64;
         for chunk in &passes {
             let batch = scored(rollouts, chunk);
@@ -294,7 +303,7 @@ pub fn update(
                 true => Entropy::Value,
                 false => Entropy::WithGrad,
             };
-            let scores = score(model, &batch, config.temperature, true, entropy_mode)?;
+            let scores = score(model, &batch, config.temperature, grad, entropy_mode)?;
             let logp = scores.logprobs;
             let entropy = scores.entropy.expect("entropy was asked for");
             let old: Vec<f32> = chunk
@@ -344,10 +353,13 @@ pub fn update(
             }
         }
         metrics.lr = optimizer.config.lr_at(optimizer.step);
-        let grads = match grads {
+        let mut grads = match grads {
             Some(g) => g,
             None => zero_gradients(&params)?,
         };
+        if let Some(sinks) = sinks {
+            sinks.add_to(&mut grads)?;
+        }
         metrics.grad_norm = optimizer.step(&grads)?;
         metrics.loss = loss_sum;
     }

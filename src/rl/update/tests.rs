@@ -213,7 +213,7 @@ fn batch_loss(model: &Model, rollouts: &[Rollout], config: &UpdateConfig) -> can
             completion: &r.completion,
         })
         .collect();
-    let logp = score(model, &batch, 1.0, true, Entropy::Skip)
+    let logp = score(model, &batch, 1.0, Grad::Graph, Entropy::Skip)
         .unwrap()
         .logprobs;
     let old: Vec<f32> = rollouts.iter().flat_map(|r| r.logprobs.clone()).collect();

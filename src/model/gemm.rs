@@ -1,0 +1,230 @@
+//! Dense f32/f64 products on the CPU through the gemm crate (the one candle's matmul calls),
+//! for the training ops: a new output is written whole by gemm (candle's matmul zeroes it
+//! first), and a gradient is added into its accumulator inside the product (gemm's
+//! `dst = dst + a · b`) instead of being built, then added.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result};
+use gemm::Parallelism;
+
+/// A strided 2-D view of a storage: element (i, j) at `offset + i * rs + j * cs`.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    /// The view a 2-D layout describes.
+    pub fn of(l: &Layout) -> Result<Self> {
+        let (rows, cols) = l.shape().dims2()?;
+        let &[rs, cs] = l.stride() else {
+            bail!("gemm view: layout {:?} is not 2-D", l.dims());
+        };
+        Ok(Self {
+            rows,
+            cols,
+            offset: l.start_offset(),
+            rs,
+            cs,
+        })
+    }
+
+    /// The transpose, without moving data.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// The flat range of row `i`, for a view whose rows are contiguous.
+    pub fn row(&self, i: usize) -> Result<std::ops::Range<usize>> {
+        if self.cs != 1 && self.cols > 1 {
+            bail!("rows of {self:?} are not contiguous");
+        }
+        let start = self.offset + i * self.rs;
+        Ok(start..start + self.cols)
+    }
+
+    fn contiguous(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            offset: 0,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// Checks that every element lies inside a buffer of `len`.
+    fn within(&self, len: usize) -> Result<()> {
+        let last = match self.rows * self.cols {
+            0 => 0,
+            _ => self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1,
+        };
+        if last > len {
+            bail!("gemm view {self:?} reaches past a buffer of {len}");
+        }
+        Ok(())
+    }
+}
+
+/// `a · b` into a new contiguous (a.rows, b.cols) storage of their dtype (f32 or f64).
+pub fn product(a: &CpuStorage, av: View, b: &CpuStorage, bv: View) -> Result<CpuStorage> {
+    fn new<T: Copy + 'static>(one: T, a: &[T], av: View, b: &[T], bv: View) -> Result<Vec<T>> {
+        let n = av.rows * bv.cols;
+        let mut out = Vec::with_capacity(n);
+        let dv = View::contiguous(av.rows, bv.cols);
+        // SAFETY: gemm writes all n elements (read_dst = false never reads them); the
+        // capacity holds them.
+        unsafe {
+            run(out.as_mut_ptr(), n, dv, false, one, a, av, b, bv)?;
+            out.set_len(n);
+        }
+        Ok(out)
+    }
+    Ok(match (a, b) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(new(1f32, a, av, b, bv)?),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(new(1f64, a, av, b, bv)?),
+        _ => bail!(
+            "gemm product: needs two f32 or two f64 operands, got {:?} and {:?}",
+            a.dtype(),
+            b.dtype()
+        ),
+    })
+}
+
+/// `dst += a · b`, in place, all three of one dtype (f32 or f64).
+pub fn add_product(
+    dst: &mut CpuStorage,
+    dv: View,
+    a: &CpuStorage,
+    av: View,
+    b: &CpuStorage,
+    bv: View,
+) -> Result<()> {
+    let d = dst.dtype();
+    match (dst, a, b) {
+        (CpuStorage::F32(d), CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            // SAFETY: `run` checks that dv lies within d.
+            unsafe { run(d.as_mut_ptr(), d.len(), dv, true, 1f32, a, av, b, bv) }
+        }
+        (CpuStorage::F64(d), CpuStorage::F64(a), CpuStorage::F64(b)) => unsafe {
+            run(d.as_mut_ptr(), d.len(), dv, true, 1f64, a, av, b, bv)
+        },
+        _ => bail!(
+            "gemm add_product: needs three f32 or three f64 tensors, got {d:?}, {:?}, {:?}",
+            a.dtype(),
+            b.dtype()
+        ),
+    }
+}
+
+/// `dst = (read_dst ? dst : 0) + a · b` through gemm, with the shapes and bounds checked.
+///
+/// # Safety
+/// `dst` must be valid for writes of `dst_len` elements (and reads of them with `read_dst`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<T: Copy + 'static>(
+    dst: *mut T,
+    dst_len: usize,
+    dv: View,
+    read_dst: bool,
+    one: T,
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+) -> Result<()> {
+    if av.cols != bv.rows || dv.rows != av.rows || dv.cols != bv.cols {
+        bail!("gemm: cannot multiply {av:?} by {bv:?} into {dv:?}");
+    }
+    dv.within(dst_len)?;
+    av.within(a.len())?;
+    bv.within(b.len())?;
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = match threads {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    };
+    let at = |v: View| v.offset;
+    // gemm computes dst = alpha * dst + beta * a · b; alpha is read only with read_dst.
+    gemm::gemm(
+        av.rows,
+        bv.cols,
+        av.cols,
+        dst.add(at(dv)),
+        dv.cs as isize,
+        dv.rs as isize,
+        read_dst,
+        a.as_ptr().add(at(av)),
+        av.cs as isize,
+        av.rs as isize,
+        b.as_ptr().add(at(bv)),
+        bv.cs as isize,
+        bv.rs as isize,
+        one,
+        one,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn storage(t: &Tensor) -> (CpuStorage, View) {
+        let (s, l) = t.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cpu(s) => (s.clone(), View::of(l).unwrap()),
+            _ => unreachable!("CPU tensors only"),
+        }
+    }
+
+    #[test]
+    fn products_of_strided_views_match_candle() {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f64, 1., (7, 5), &dev).unwrap();
+        let b = Tensor::randn(0f64, 1., (3, 5), &dev).unwrap();
+        // a · bᵀ with bᵀ a strided view, and a narrowed (offset) lhs.
+        let (sa, va) = storage(&a.narrow(0, 2, 5).unwrap());
+        let (sb, vb) = storage(&b);
+        let got = product(&sa, va, &sb, vb.t()).unwrap();
+        let want = a.narrow(0, 2, 5).unwrap().matmul(&b.t().unwrap()).unwrap();
+        let got = Tensor::from_vec(got.as_slice::<f64>().unwrap().to_vec(), (5, 3), &dev).unwrap();
+        assert!(crate::model::max_abs_diff(&got, &want) < 1e-12);
+
+        // dst (3, 5) += bᵀ... as a weight gradient: gᵀ (3, 7) · a (7, 5).
+        let g = Tensor::randn(0f64, 1., (7, 3), &dev).unwrap();
+        let start = Tensor::randn(0f64, 1., (3, 5), &dev).unwrap();
+        let (mut sd, vd) = storage(&start);
+        let (sg, vg) = storage(&g);
+        let (sa, va) = storage(&a);
+        add_product(&mut sd, vd, &sg, vg.t(), &sa, va).unwrap();
+        let want = (&start + g.t().unwrap().matmul(&a).unwrap()).unwrap();
+        let got = Tensor::from_vec(sd.as_slice::<f64>().unwrap().to_vec(), (3, 5), &dev).unwrap();
+        assert!(crate::model::max_abs_diff(&got, &want) < 1e-12);
+    }
+
+    #[test]
+    fn mismatched_shapes_and_dtypes_are_errors() {
+        let dev = Device::Cpu;
+        let (a, va) = storage(&Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap());
+        let (b, vb) = storage(&Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap());
+        assert!(product(&a, va, &b, vb).is_err());
+        let (c, vc) = storage(&Tensor::zeros((3, 2), candle_core::DType::F64, &dev).unwrap());
+        assert!(product(&a, va, &c, vc).is_err());
+    }
+}

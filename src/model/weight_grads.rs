@@ -1,0 +1,291 @@
+//! Gradient accumulators for a model's matrices (every linear weight, the embedding and the LM
+//! head), torch's `.grad` for them: a training pass given [`WeightGrads`] adds each matrix's
+//! gradient into its accumulator inside the backward product (gemm with `dst += gᵀ · x`), and
+//! backward returns none for it.
+//!
+//! Through candle's backward each matrix's gradient of each micro-batch is a new tensor that
+//! `GradStore` adds to a zeroed one of its size, and the update then adds it to the running
+//! sum: three weight-sized allocations and passes over memory per matrix and micro-batch (the
+//! embedding's and LM head's fresh from the kernel, page by page), plus a strided add for
+//! every transposed weight. CPU f32/f64 only: elsewhere (CUDA, bf16) no accumulators are
+//! made and candle's ops run as before.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape,
+    Tensor, TensorId, Var,
+};
+
+use super::gemm::{add_product, product, View};
+
+/// One zeroed accumulator per matrix parameter, keyed by the parameter.
+pub struct WeightGrads {
+    sinks: HashMap<TensorId, Tensor>,
+}
+
+impl WeightGrads {
+    /// Accumulators for the rank-2 parameters among `params`, or None when they cannot take
+    /// gradients in place (not on the CPU, or neither f32 nor f64).
+    pub fn new(params: &[&Var]) -> Result<Option<Self>> {
+        let mut sinks = HashMap::new();
+        for p in params.iter().filter(|p| p.rank() == 2) {
+            if !p.device().is_cpu() || !matches!(p.dtype(), DType::F32 | DType::F64) {
+                return Ok(None);
+            }
+            sinks.insert(p.id(), p.zeros_like()?.detach());
+        }
+        Ok(Some(Self { sinks }))
+    }
+
+    /// The accumulator of `weight`, if it has one.
+    pub(super) fn sink(&self, weight: &Tensor) -> Option<&Tensor> {
+        self.sinks.get(&weight.id())
+    }
+
+    /// Adds what was accumulated into `grads`, the rest of the parameters' gradients.
+    pub fn add_to(self, grads: &mut GradStore) -> Result<()> {
+        for (id, sink) in self.sinks {
+            let sum = match grads.get_id(id) {
+                Some(g) => (g + &sink)?,
+                None => sink,
+            };
+            grads.insert_id(id, sum);
+        }
+        Ok(())
+    }
+}
+
+/// `x (m, k) · w (n, k)ᵀ` whose backward adds `dyᵀ · x` into `sink` and returns only dx.
+pub fn project(x: &Tensor, w: &Tensor, sink: &Tensor) -> Result<Tensor> {
+    x.apply_op2(w, Projection { sink: sink.clone() })
+}
+
+/// `a · b` with no backward (gemm without zeroing the output first).
+fn plain_product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &Product)
+}
+
+struct Product;
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "azr-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (av, bv) = (View::of(al)?, View::of(bl)?);
+        Ok((product(a, av, b, bv)?, Shape::from((av.rows, bv.cols))))
+    }
+}
+
+struct Projection {
+    sink: Tensor,
+}
+
+impl CustomOp2 for Projection {
+    fn name(&self) -> &'static str {
+        "azr-projection"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xv, wv) = (View::of(xl)?, View::of(wl)?.t());
+        Ok((product(x, xv, w, wv)?, Shape::from((xv.rows, wv.cols))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        self.sink.inplace_op3(&dy, &x.detach(), &AddWeightGrad)?;
+        Ok((Some(plain_product(&dy, &w.detach())?), None))
+    }
+}
+
+/// `dst (n, k) += gᵀ · x` for g (m, n) and x (m, k): a weight's gradient, accumulated.
+struct AddWeightGrad;
+
+impl InplaceOp3 for AddWeightGrad {
+    fn name(&self) -> &'static str {
+        "azr-add-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        x: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<()> {
+        add_product(dst, View::of(dl)?, g, View::of(gl)?.t(), x, View::of(xl)?)
+    }
+}
+
+/// Rows `ids` of `table` (v, h) -> (ids.len(), h), whose backward adds each gradient row into
+/// row `ids[i]` of `sink`.
+pub fn lookup(table: &Tensor, ids: &[u32], sink: &Tensor) -> Result<Tensor> {
+    table.apply_op1(Lookup {
+        ids: ids.to_vec(),
+        sink: sink.clone(),
+    })
+}
+
+struct Lookup {
+    ids: Vec<u32>,
+    sink: Tensor,
+}
+
+impl CustomOp1 for Lookup {
+    fn name(&self) -> &'static str {
+        "azr-lookup"
+    }
+
+    fn cpu_fwd(&self, table: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn gather<T: Copy>(table: &[T], v: View, ids: &[u32]) -> Result<Vec<T>> {
+            let mut out = Vec::with_capacity(ids.len() * v.cols);
+            for &id in ids {
+                let Some(row) = table.get(v.row(id as usize)?) else {
+                    bail!("azr-lookup: token {id} is outside the table");
+                };
+                out.extend_from_slice(row);
+            }
+            Ok(out)
+        }
+        let v = View::of(l)?;
+        let shape = Shape::from((self.ids.len(), v.cols));
+        Ok(match table {
+            CpuStorage::F32(t) => (CpuStorage::F32(gather(t, v, &self.ids)?), shape),
+            CpuStorage::F64(t) => (CpuStorage::F64(gather(t, v, &self.ids)?), shape),
+            _ => bail!("azr-lookup: needs an f32 or f64 table"),
+        })
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        self.sink.inplace_op2(
+            &g.contiguous()?,
+            &AddRows {
+                ids: self.ids.clone(),
+            },
+        )?;
+        Ok(None)
+    }
+}
+
+/// `dst[ids[i]] += src[i]` for every row i of src.
+struct AddRows {
+    ids: Vec<u32>,
+}
+
+impl InplaceOp2 for AddRows {
+    fn name(&self) -> &'static str {
+        "azr-add-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        fn add<T: Copy + std::ops::AddAssign>(
+            dst: &mut [T],
+            dv: View,
+            src: &[T],
+            sv: View,
+            ids: &[u32],
+        ) -> Result<()> {
+            if sv.rows != ids.len() || sv.cols != dv.cols {
+                bail!(
+                    "azr-add-rows: {sv:?} does not match {} rows of {dv:?}",
+                    ids.len()
+                );
+            }
+            for (i, &id) in ids.iter().enumerate() {
+                let (to, from) = (dv.row(id as usize)?, sv.row(i)?);
+                let (Some(to), Some(from)) = (dst.get_mut(to), src.get(from)) else {
+                    bail!("azr-add-rows: row {id} is outside the table");
+                };
+                to.iter_mut().zip(from).for_each(|(d, s)| *d += *s);
+            }
+            Ok(())
+        }
+        let (dv, sv) = (View::of(dl)?, View::of(sl)?);
+        match (dst, src) {
+            (CpuStorage::F32(d), CpuStorage::F32(s)) => add(d, dv, s, sv, &self.ids),
+            (CpuStorage::F64(d), CpuStorage::F64(s)) => add(d, dv, s, sv, &self.ids),
+            _ => bail!("azr-add-rows: needs two f32 or two f64 tensors"),
+        }
+    }
+}
+
+/// A zero-valued (n,) term for rows (n, h) and the LM head (v, h) whose gradient is that of
+/// `sum(rows ⊙ (c · head))` with c (n, v) held constant: d rows = c · head, and cᵀ · rows is
+/// added into `sink` (the log-probs' gradient surrogate, `logprobs.rs`).
+pub fn head_surrogate(rows: &Tensor, head: &Tensor, c: Tensor, sink: &Tensor) -> Result<Tensor> {
+    rows.apply_op2(
+        head,
+        HeadSurrogate {
+            c,
+            sink: sink.clone(),
+        },
+    )
+}
+
+struct HeadSurrogate {
+    c: Tensor,
+    sink: Tensor,
+}
+
+impl CustomOp2 for HeadSurrogate {
+    fn name(&self) -> &'static str {
+        "azr-head-surrogate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        rows: &CpuStorage,
+        l: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l.dims()[0];
+        let zeros = match rows {
+            CpuStorage::F32(_) => CpuStorage::F32(vec![0.0; n]),
+            CpuStorage::F64(_) => CpuStorage::F64(vec![0.0; n]),
+            _ => bail!("azr-head-surrogate: needs f32 or f64 rows"),
+        };
+        Ok((zeros, Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        rows: &Tensor,
+        head: &Tensor,
+        _: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gc = self.c.broadcast_mul(&g.unsqueeze(1)?)?;
+        self.sink.inplace_op3(&gc, &rows.detach(), &AddWeightGrad)?;
+        Ok((Some(plain_product(&gc, &head.detach())?), None))
+    }
+}
