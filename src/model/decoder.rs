@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use super::config::ModelConfig;
+use super::swiglu::swiglu;
 use super::weight_grads::{self, WeightGrads};
 use super::{attention, matvec, ops, ModelError};
 
@@ -485,8 +486,9 @@ impl Model {
         let attn = self.attention(block, &h, pass, cache)?;
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
-        let mlp = block.gate_proj.forward(&h, pass)?.silu()? * block.up_proj.forward(&h, pass)?;
-        x + block.down_proj.forward(&mlp?, pass)?
+        let gate = block.gate_proj.forward(&h, pass)?;
+        let mlp = swiglu(&gate, &block.up_proj.forward(&h, pass)?, pass.grad.on())?;
+        x + block.down_proj.forward(&mlp, pass)?
     }
 
     fn attention(

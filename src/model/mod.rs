@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod logprobs;
 pub mod matvec;
 mod ops;
+mod swiglu;
 pub mod provision;
 pub mod tokenizer;
 pub mod weight_grads;

@@ -1,0 +1,200 @@
+//! The MLP's gate `silu(g) ⊙ u` as one pass each way on the CPU. Composed of candle ops, the
+//! forward is two passes (and the graph keeps silu(g) beside g and u), and the backward runs
+//! silu's derivative as six more passes with a second exp, each gradient then added to a
+//! zeroed tensor. Here the forward is one pass and the backward one pass for both gradients,
+//! from g and u, which are all the graph keeps. Other devices and dtypes compose candle's ops.
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 14;
+
+/// `silu(g) ⊙ u` for g and u of one shape; differentiable with `grad`.
+pub fn swiglu(g: &Tensor, u: &Tensor, grad: bool) -> Result<Tensor> {
+    let fused = g.device().is_cpu()
+        && matches!(g.dtype(), DType::F32 | DType::F64)
+        && g.dtype() == u.dtype()
+        && g.shape() == u.shape();
+    if !fused {
+        return g.silu()? * u;
+    }
+    let (g, u) = (g.contiguous()?, u.contiguous()?);
+    match grad {
+        true => g.apply_op2(&u, SwiGlu),
+        false => g.apply_op2_no_bwd(&u, &SwiGlu),
+    }
+}
+
+fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&T::cpu_storage_as_slice(s)?[a..b]),
+        None => bail!("azr-swiglu: needs contiguous tensors"),
+    }
+}
+
+fn silu_times<T: Float>(g: T, u: T) -> T {
+    g / (T::one() + (-g).exp()) * u
+}
+
+/// d/dg and d/du of silu(g) u, times the output's gradient d.
+fn gradients<T: Float>(g: T, u: T, d: T) -> (T, T) {
+    let s = T::one() / (T::one() + (-g).exp());
+    (d * u * s * (T::one() + g * (T::one() - s)), d * g * s)
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "azr-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        u: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: candle_core::WithDType + Float>(
+            g: &CpuStorage,
+            gl: &Layout,
+            u: &CpuStorage,
+            ul: &Layout,
+        ) -> Result<CpuStorage> {
+            let (g, u) = (slice::<T>(g, gl)?, slice::<T>(u, ul)?);
+            let out: Vec<T> = g
+                .par_iter()
+                .zip(u)
+                .with_min_len(CHUNK)
+                .map(|(&g, &u)| silu_times(g, u))
+                .collect();
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        let out = match g {
+            CpuStorage::F32(_) => run::<f32>(g, gl, u, ul)?,
+            _ => run::<f64>(g, gl, u, ul)?,
+        };
+        Ok((out, gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _: &Tensor,
+        d: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One pass writes both gradients, stacked: (2, ..).
+        let both = g
+            .detach()
+            .apply_op3_no_bwd(&u.detach(), &d.contiguous()?, &SwiGluGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "azr-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        u: &CpuStorage,
+        ul: &Layout,
+        d: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        #[allow(clippy::too_many_arguments)]
+        fn run<T: candle_core::WithDType + Float>(
+            g: &CpuStorage,
+            gl: &Layout,
+            u: &CpuStorage,
+            ul: &Layout,
+            d: &CpuStorage,
+            dl: &Layout,
+        ) -> Result<CpuStorage> {
+            let (g, u, d) = (slice::<T>(g, gl)?, slice::<T>(u, ul)?, slice::<T>(d, dl)?);
+            let n = g.len();
+            if u.len() != n || d.len() != n {
+                bail!("azr-swiglu-grad: operands of {n}, {} and {} elements", u.len(), d.len());
+            }
+            let mut out: Vec<T> = Vec::with_capacity(2 * n);
+            let (dg, du) = out.spare_capacity_mut()[..2 * n].split_at_mut(n);
+            dg.par_chunks_mut(CHUNK)
+                .zip(du.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(d.par_chunks(CHUNK)))
+                .for_each(|((dg, du), ((g, u), d))| {
+                    for i in 0..g.len() {
+                        let (a, b) = gradients(g[i], u[i], d[i]);
+                        dg[i].write(a);
+                        du[i].write(b);
+                    }
+                });
+            // SAFETY: the loop above wrote all 2n elements.
+            unsafe { out.set_len(2 * n) };
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        let out = match g {
+            CpuStorage::F32(_) => run::<f32>(g, gl, u, ul, d, dl)?,
+            _ => run::<f64>(g, gl, u, ul, d, dl)?,
+        };
+        let mut dims = vec![2];
+        dims.extend_from_slice(gl.dims());
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Values and both gradients match candle's composed silu(g) * u, in f64 and f32.
+    #[test]
+    fn matches_the_composed_op_both_ways() {
+        // max_abs_diff compares in f32; the model's f64 finite-difference checks go through
+        // this op too.
+        for (dtype, tol) in [(DType::F64, 1e-5), (DType::F32, 1e-5)] {
+            let dev = Device::Cpu;
+            let g = candle_core::Var::from_tensor(
+                &Tensor::randn(0f64, 2., (3, 5, 7), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let u = candle_core::Var::from_tensor(
+                &Tensor::randn(0f64, 1., (3, 5, 7), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let w = Tensor::randn(0f64, 1., (3, 5, 7), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let objective = |y: Tensor| (y * &w).unwrap().sum_all().unwrap();
+            let fused = swiglu(&g, &u, true).unwrap();
+            let composed = (g.silu().unwrap() * u.as_tensor()).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| crate::model::max_abs_diff(a, b) as f64;
+            assert!(diff(&fused, &composed) < tol);
+            assert!(diff(&swiglu(&g, &u, false).unwrap(), &composed) < tol);
+            let (fg, cg) = (
+                objective(fused).backward().unwrap(),
+                objective(composed).backward().unwrap(),
+            );
+            for v in [&g, &u] {
+                let d = diff(fg.get(v).unwrap(), cg.get(v).unwrap());
+                assert!(d < tol, "{dtype:?}: gradient differs by {d}");
+            }
+        }
+    }
+}
