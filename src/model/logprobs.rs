@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, D};
 
 use super::decoder::{Grad, MASKED};
-use super::{weight_grads, Model};
+use super::{softmax, weight_grads, Model};
 
 /// A prompt and the completion whose tokens are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,20 +245,32 @@ fn chunk_scores(
     entropy: Entropy,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let accumulate = super::ops::accumulate_dtype(rows.dtype());
-    let logits = (rows
+    let logits = rows
         .detach()
         .matmul(&head.detach().t()?)?
-        .to_dtype(accumulate)?
-        / t)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
+        .to_dtype(accumulate)?;
     // The weights are Vars, so rows and head track a graph even from a pass without grad.
     let tracked = grad.on() && (rows.track_op() || head.track_op());
+    let sink = grad.sink(head);
+    // Scoring without a gradient, and training with the head's accumulator and no entropy
+    // bonus (the CPU's update), need only the softmax's fused statistics.
+    if entropy != Entropy::WithGrad && (!tracked || sink.is_some()) {
+        if let Some(stats) = softmax::fused(&logits, &target.to_vec1()?, t, tracked)? {
+            let value = match (sink, stats.coefficients) {
+                (Some(sink), Some(c)) => {
+                    (stats.logp_target + weight_grads::head_surrogate(rows, head, c, sink)?)?
+                }
+                _ => stats.logp_target,
+            };
+            return Ok((value, (entropy == Entropy::Value).then_some(stats.entropy)));
+        }
+    }
+    let logp = candle_nn::ops::log_softmax(&(logits / t)?, D::Minus1)?;
+    let value = logp.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?;
     if !tracked && entropy == Entropy::Skip {
         return Ok((value, None));
     }
     let p = logp.exp()?;
-    let sink = grad.sink(head);
     // d/d(rows, head) of sum(rows ⊙ (C · head)) / t, as a zero-valued term. `c` builds C (only
     // the accumulator's path needs it whole) and `c_head` is C · head.
     let with_grad = |value: Tensor,

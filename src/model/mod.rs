@@ -11,8 +11,9 @@ pub mod gguf;
 pub mod logprobs;
 pub mod matvec;
 mod ops;
-mod swiglu;
 pub mod provision;
+mod softmax;
+mod swiglu;
 pub mod tokenizer;
 pub mod weight_grads;
 
