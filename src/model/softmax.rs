@@ -64,7 +64,7 @@ fn tensors<T: WithDType>(
 
 type Columns<T> = (Vec<T>, Vec<T>, Option<Vec<T>>);
 
-fn rows<T: WithDType + Float>(
+fn rows<T: WithDType + Float + num_traits::NumAssign>(
     z: &[T],
     v: usize,
     targets: &[u32],
@@ -79,8 +79,8 @@ fn rows<T: WithDType + Float>(
         let mut exp = |x: T| {
             let x = x * inv_t;
             let e = (x - max).exp();
-            sum = sum + e;
-            weighted = weighted + e * x;
+            sum += e;
+            weighted += e * x;
             e
         };
         match c.as_deref_mut() {
@@ -91,8 +91,8 @@ fn rows<T: WithDType + Float>(
         }
         if let Some(c) = c {
             let scale = -inv_t / sum;
-            c.iter_mut().for_each(|o| *o = *o * scale);
-            c[target] = c[target] + inv_t;
+            c.iter_mut().for_each(|o| *o *= scale);
+            c[target] += inv_t;
         }
         let log_z = max + sum.ln();
         (row[target] * inv_t - log_z, log_z - weighted / sum)
