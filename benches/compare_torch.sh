@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # azr against PyTorch + transformers on one model folder, back to back in one script run:
-# generation (azr bench generate, f32, vs reference_torch.py generate in f32 and bf16) and one
-# policy update (azr bench update vs reference_torch.py update, likewise). Prints the tables
+# generation (azr bench generate, f32 and with bf16 decode weights, vs reference_torch.py
+# generate in f32 and bf16) and one policy update (azr bench update vs reference_torch.py
+# update, likewise). Prints the tables
 # BENCHMARKS.md quotes.
 #
 #   benches/compare_torch.sh MODEL_NAME_OR_DIR [generate|update|all]
@@ -27,7 +28,9 @@ fi
 py="$venv/bin/python benches/reference_torch.py"
 if [ "$what" = generate ] || [ "$what" = all ]; then
     echo "## generate"
-    "$azr" bench generate --model "$dir" --batch 1,8 --prompt-tokens 128 --new-tokens 32
+    for decode in "" --bf16-decode; do
+        "$azr" bench generate --model "$dir" --batch 1,8 --prompt-tokens 128 --new-tokens 32 $decode
+    done
     for dtype in f32 bf16; do
         $py generate "$dir" --dtype "$dtype" --batch 1,8 --prompt-tokens 128 --new-tokens 32
     done

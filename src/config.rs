@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub device: DeviceSpec,
     /// The weights' dtype: `auto` (f32 on the CPU, bf16 on a GPU), `f32` or `bf16`.
     pub dtype: Precision,
+    /// Generation's decode steps multiply bf16 copies of the f32 weights (CPUs with
+    /// AVX-512), as RL trainers that sample with a bf16 engine do.
+    pub bf16_decode: bool,
     /// Seeds every random choice of the run (sampling, buffer draws).
     pub seed: u64,
     /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
@@ -60,6 +63,7 @@ impl Default for RunConfig {
             model: "qwen2.5-coder-0.5b-instruct".into(),
             device: DeviceSpec::Cpu,
             dtype: Precision::Auto,
+            bf16_decode: true,
             seed: 0,
             save_every: 1,
             keep_checkpoints: 3,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::model::{DeviceSpec, KvCache, Model, ModelConfig};
+use crate::model::{DecodeWeights, DeviceSpec, KvCache, Model, ModelConfig};
 
 /// Options of the generation benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +27,10 @@ pub struct Options {
     /// Weight dtype: f32, or bf16 (half the memory traffic).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub dtype: String,
+    /// Decode steps multiply bf16 copies of f32 weights (as generation does with
+    /// `run.bf16_decode`); the copies are taken per batch size, and timed.
+    #[arg(long)]
+    pub bf16_decode: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -43,6 +47,8 @@ pub struct Row {
     pub prefill_tokens_per_sec: f64,
     pub decode_tokens_per_sec: f64,
     pub ms_per_decode_step: f64,
+    /// Time to take the bf16 copies of the weights, if taken.
+    pub copy_ms: Option<f64>,
 }
 
 pub struct Report {
@@ -69,11 +75,14 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     };
     let vocab = model.config.vocab_size as u32;
     // Warm-up: first calls allocate and page in the weights.
-    measure(&model, 1, 8, 2, vocab)?;
+    measure(&model, 1, 8, 2, vocab, opts.bf16_decode)?;
     let rows = opts
         .batch
         .iter()
-        .map(|&b| measure(&model, b, opts.prompt_tokens, opts.new_tokens, vocab))
+        .map(|&b| {
+            let (p, n) = (opts.prompt_tokens, opts.new_tokens);
+            measure(&model, b, p, n, vocab, opts.bf16_decode)
+        })
         .collect::<anyhow::Result<_>>()?;
     Ok(Report {
         model: dir.display().to_string(),
@@ -82,10 +91,27 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     })
 }
 
-fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> anyhow::Result<Row> {
+fn measure(
+    model: &Model,
+    b: usize,
+    prompt: usize,
+    new: usize,
+    vocab: u32,
+    bf16_decode: bool,
+) -> anyhow::Result<Row> {
     let device = model.device();
     let ids: Vec<u32> = (0..b * prompt).map(|i| (i as u32 * 7919) % vocab).collect();
-    let mut cache = KvCache::default();
+    let started = Instant::now();
+    let weights = match bf16_decode {
+        true => Some(DecodeWeights::of_model(model)?.ok_or_else(|| {
+            anyhow::anyhow!("--bf16-decode needs f32 weights on a CPU with AVX-512")
+        })?),
+        false => None,
+    };
+    let copy_ms = weights
+        .as_ref()
+        .map(|_| 1e3 * started.elapsed().as_secs_f64());
+    let mut cache = KvCache::with_weights(weights);
     let started = Instant::now();
     let hidden = model.forward(
         &Tensor::from_vec(ids, (b, prompt), device)?,
@@ -93,7 +119,7 @@ fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> an
         Some(&mut cache),
         false,
     )?;
-    model.next_token_logits(&hidden)?;
+    model.next_token_logits(&hidden, &cache)?;
     // A GPU queues work: time it done, not launched.
     device.synchronize()?;
     let prefill = started.elapsed().as_secs_f64();
@@ -106,7 +132,7 @@ fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> an
             Some(&mut cache),
             false,
         )?;
-        model.next_token_logits(&hidden)?;
+        model.next_token_logits(&hidden, &cache)?;
     }
     device.synchronize()?;
     let decode = started.elapsed().as_secs_f64();
@@ -115,6 +141,7 @@ fn measure(model: &Model, b: usize, prompt: usize, new: usize, vocab: u32) -> an
         prefill_tokens_per_sec: (b * prompt) as f64 / prefill,
         decode_tokens_per_sec: (b * new) as f64 / decode,
         ms_per_decode_step: 1e3 * decode / new as f64,
+        copy_ms,
     })
 }
 
@@ -123,7 +150,7 @@ impl fmt::Display for Report {
         let o = &self.options;
         writeln!(
             f,
-            "model {}{} ({} on {}), prompt {} tokens, {} decoded, {} threads",
+            "model {}{} ({}{} on {}), prompt {} tokens, {} decoded, {} threads",
             self.model,
             if o.random_weights {
                 ", random weights"
@@ -131,6 +158,7 @@ impl fmt::Display for Report {
                 ""
             },
             o.dtype,
+            if o.bf16_decode { ", bf16 decode" } else { "" },
             o.device,
             o.prompt_tokens,
             o.new_tokens,
@@ -152,6 +180,12 @@ impl fmt::Display for Report {
                 r.decode_tokens_per_sec,
                 r.ms_per_decode_step,
                 r.decode_tokens_per_sec / reference
+            )?;
+        }
+        if let Some(ms) = self.rows.iter().filter_map(|r| r.copy_ms).reduce(f64::max) {
+            writeln!(
+                f,
+                "bf16 copies of the weights: {ms:.0} ms (slowest of the batch sizes)"
             )?;
         }
         Ok(())

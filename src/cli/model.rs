@@ -53,6 +53,10 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Decode with bf16 copies of the weights (CPUs with AVX-512; faster, within bf16
+    /// rounding of f32).
+    #[arg(long)]
+    bf16_decode: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: DeviceSpec,
@@ -138,6 +142,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         top_p: args.top_p,
         seed: args.seed,
         stop: Vec::new(),
+        bf16_decode: args.bf16_decode,
     };
     let started = std::time::Instant::now();
     let out = generate::generate(&model, &tokenizer, &[prompt], &config)?.remove(0);

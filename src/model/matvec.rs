@@ -38,6 +38,31 @@ fn cpu_supported() -> bool {
     false
 }
 
+/// Whether bf16 copies of f32 weights speed up this kernel here: any AVX-512 CPU streams half
+/// the bytes from them.
+pub fn bf16_weights_pay() -> bool {
+    cpu_supported()
+}
+
+/// `w` rounded to bf16 (nearest even), in parallel with AVX-512 BF16 where the CPU has it.
+pub fn to_bf16(w: &Tensor) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_dot_supported() {
+        let (storage, layout) = w.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let mut out = vec![half::bf16::ZERO; b - a];
+            out.par_chunks_mut(1 << 16)
+                .zip(values[a..b].par_chunks(1 << 16))
+                // SAFETY: AVX-512 BF16 was detected.
+                .for_each(|(o, v)| unsafe { avx512::round_bf16(v, o) });
+            return Tensor::from_vec(out, w.shape(), w.device());
+        }
+    }
+    w.to_dtype(DType::BF16)
+}
+
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)` in f32, with no gradient. Callers check [`usable`].
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &MatVec)
@@ -76,8 +101,8 @@ impl candle_core::CustomOp2 for MatVec {
         let x = &x[xa..xb];
         #[cfg(target_arch = "x86_64")]
         let out = match ws {
-            CpuStorage::F32(w) => product(x, m, &w[wa..wb], n, k),
-            CpuStorage::BF16(w) => product(x, m, &w[wa..wb], n, k),
+            CpuStorage::F32(w) => product::<avx512::Widen<f32>>(x, m, &w[wa..wb], n, k),
+            CpuStorage::BF16(w) => product_bf16(x, m, &w[wa..wb], n, k),
             _ => candle_core::bail!("azr-matvec: w must be f32 or bf16"),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -92,16 +117,44 @@ fn task_rows(n: usize) -> usize {
     per.next_multiple_of(4).max(16)
 }
 
+/// Whether this CPU has AVX-512 BF16, whose `vdpbf16ps` multiplies bf16 pairs: bf16 weights
+/// then meet `x` rounded to bf16 (as PyTorch's bf16 does), at twice the products per
+/// instruction of widening the weights to f32.
+fn bf16_dot_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        cpu_supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
-fn product<W: avx512::Load>(x: &[f32], m: usize, w: &[W], n: usize, k: usize) -> Vec<f32> {
+fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+    match bf16_dot_supported() {
+        // SAFETY: AVX-512 BF16 was detected.
+        true => {
+            let mut xb = vec![half::bf16::ZERO; x.len()];
+            // SAFETY: AVX-512 BF16 was detected.
+            unsafe { avx512::round_bf16(x, &mut xb) };
+            product::<avx512::Dot>(&xb, m, w, n, k)
+        }
+        false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
+    }
+}
+
+/// Computes `yt (n, m) = w (n, k) · x (m, k)ᵀ` with kernel `K` over row blocks of `w` in
+/// parallel, and returns it transposed, (m, n).
+#[cfg(target_arch = "x86_64")]
+fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usize) -> Vec<f32> {
     // Computed transposed, (n, m), so each task writes one contiguous run.
     let mut yt = vec![0f32; n * m];
     let rows = task_rows(n);
     yt.par_chunks_mut(rows * m)
         .zip(w.par_chunks(rows * k))
-        // SAFETY: the caller (cpu_fwd) checked `cpu_supported`, and every slice holds whole
-        // rows of length k (m rows of x, yt.len() / m rows of w).
-        .for_each(|(yt, w)| unsafe { avx512::block(x, m, w, yt, k) });
+        // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs, and every slice
+        // holds whole rows of length k (m rows of x, yt.len() / m rows of w).
+        .for_each(|(yt, w)| unsafe { avx512::block::<K>(x, m, w, yt, k) });
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m).enumerate() {
         for (i, &v) in col.iter().enumerate() {
@@ -114,6 +167,7 @@ fn product<W: avx512::Load>(x: &[f32], m: usize, w: &[W], n: usize, k: usize) ->
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::marker::PhantomData;
 
     /// A weight element type loaded as 16 f32 lanes; `load_tail` loads the first bits of
     /// `mask` only.
@@ -151,9 +205,32 @@ mod avx512 {
         }
     }
 
+    /// How R x-rows from `i` meet C w-rows from `j`: R * C sums over k, each written once to
+    /// `yt[(j + c) * m + i + r]`.
+    pub trait Kernel {
+        type X: Sync;
+        type W: Sync;
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: &[Self::X],
+            i: usize,
+            w: &[Self::W],
+            j: usize,
+            yt: &mut [f32],
+            m: usize,
+            k: usize,
+        );
+    }
+
+    /// f32 x against f32 or bf16 weights widened to f32: 16 lanes of f32 FMA.
+    pub struct Widen<W>(PhantomData<W>);
+
+    /// bf16 x against bf16 weights: `vdpbf16ps` adds 16 lanes of pair products (32 bf16
+    /// products) into f32 sums.
+    pub struct Dot;
+
     /// yt (rows, m) = w (rows, k) · x (m, k)ᵀ, in tiles of up to 4 x-rows by 4 w-rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn block<W: Load>(x: &[f32], m: usize, w: &[W], yt: &mut [f32], k: usize) {
+    pub unsafe fn block<K: Kernel>(x: &[K::X], m: usize, w: &[K::W], yt: &mut [f32], k: usize) {
         let rows = yt.len() / m;
         let mut j = 0;
         while j < rows {
@@ -164,10 +241,10 @@ mod avx512 {
                 macro_rules! tiles {
                     ($r:literal) => {
                         match c {
-                            4 => tile::<W, $r, 4>(x, i, w, j, yt, m, k),
-                            3 => tile::<W, $r, 3>(x, i, w, j, yt, m, k),
-                            2 => tile::<W, $r, 2>(x, i, w, j, yt, m, k),
-                            _ => tile::<W, $r, 1>(x, i, w, j, yt, m, k),
+                            4 => K::tile::<$r, 4>(x, i, w, j, yt, m, k),
+                            3 => K::tile::<$r, 3>(x, i, w, j, yt, m, k),
+                            2 => K::tile::<$r, 2>(x, i, w, j, yt, m, k),
+                            _ => K::tile::<$r, 1>(x, i, w, j, yt, m, k),
                         }
                     };
                 }
@@ -183,49 +260,130 @@ mod avx512 {
         }
     }
 
-    /// R x-rows from `i` against C w-rows from `j`: R * C accumulators over k.
+    impl<W: Load> Kernel for Widen<W> {
+        type X = f32;
+        type W = W;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: &[f32],
+            i: usize,
+            w: &[W],
+            j: usize,
+            yt: &mut [f32],
+            m: usize,
+            k: usize,
+        ) {
+            let xp = x.as_ptr().add(i * k);
+            let wp = w.as_ptr().add(j * k);
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let full = k / 16 * 16;
+            let mut p = 0;
+            while p < full {
+                let mut wv = [_mm512_setzero_ps(); C];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = W::load(wp.add(c * k + p));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(xp.add(r * k + p));
+                    for (a, v) in a.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(xv, *v, *a);
+                    }
+                }
+                p += 16;
+            }
+            if full < k {
+                let mask: __mmask16 = (1u32 << (k - full)).wrapping_sub(1) as __mmask16;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + p));
+                    for (c, a) in a.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(xv, W::load_tail(wp.add(c * k + p), mask), *a);
+                    }
+                }
+            }
+            store(&acc, yt, i, j, m);
+        }
+    }
+
+    impl Kernel for Dot {
+        type X = half::bf16;
+        type W = half::bf16;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: &[half::bf16],
+            i: usize,
+            w: &[half::bf16],
+            j: usize,
+            yt: &mut [f32],
+            m: usize,
+            k: usize,
+        ) {
+            let xp = x.as_ptr().add(i * k) as *const i16;
+            let wp = w.as_ptr().add(j * k) as *const i16;
+            let pairs = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let full = k / 32 * 32;
+            let mut p = 0;
+            while p < full {
+                let mut wv = [pairs(_mm512_setzero_si512()); C];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = pairs(_mm512_loadu_si512(wp.add(c * k + p) as *const _));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = pairs(_mm512_loadu_si512(xp.add(r * k + p) as *const _));
+                    for (a, v) in a.iter_mut().zip(&wv) {
+                        *a = _mm512_dpbf16_ps(*a, xv, *v);
+                    }
+                }
+                p += 32;
+            }
+            if full < k {
+                // Both operands masked: a weight past the row could be an infinity or a NaN.
+                let mask: __mmask32 = (1u64 << (k - full)).wrapping_sub(1) as __mmask32;
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = pairs(_mm512_maskz_loadu_epi16(mask, xp.add(r * k + p)));
+                    for (c, a) in a.iter_mut().enumerate() {
+                        let wv = pairs(_mm512_maskz_loadu_epi16(mask, wp.add(c * k + p)));
+                        *a = _mm512_dpbf16_ps(*a, xv, wv);
+                    }
+                }
+            }
+            store(&acc, yt, i, j, m);
+        }
+    }
+
+    /// One fixed horizontal reduction per sum, so a row's bits do not depend on its batch.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn tile<W: Load, const R: usize, const C: usize>(
-        x: &[f32],
-        i: usize,
-        w: &[W],
-        j: usize,
+    unsafe fn store<const R: usize, const C: usize>(
+        acc: &[[__m512; C]; R],
         yt: &mut [f32],
+        i: usize,
+        j: usize,
         m: usize,
-        k: usize,
     ) {
-        let xp = x.as_ptr().add(i * k);
-        let wp = w.as_ptr().add(j * k);
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let full = k / 16 * 16;
-        let mut p = 0;
-        while p < full {
-            let mut wv = [_mm512_setzero_ps(); C];
-            for (c, v) in wv.iter_mut().enumerate() {
-                *v = W::load(wp.add(c * k + p));
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_loadu_ps(xp.add(r * k + p));
-                for (a, v) in a.iter_mut().zip(&wv) {
-                    *a = _mm512_fmadd_ps(xv, *v, *a);
-                }
-            }
-            p += 16;
-        }
-        if full < k {
-            let mask: __mmask16 = (1u32 << (k - full)).wrapping_sub(1) as __mmask16;
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + p));
-                for (c, a) in a.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(xv, W::load_tail(wp.add(c * k + p), mask), *a);
-                }
-            }
-        }
         for (r, a) in acc.iter().enumerate() {
             for (c, a) in a.iter().enumerate() {
                 yt[(j + c) * m + i + r] = _mm512_reduce_add_ps(*a);
             }
+        }
+    }
+
+    /// `out = x` rounded to bf16 (nearest even), 16 at a time; the tail masked rather than
+    /// scalar, so every element is rounded by the same instruction whatever the batch.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn round_bf16(x: &[f32], out: &mut [half::bf16]) {
+        for (o, v) in out.chunks_mut(16).zip(x.chunks(16)) {
+            let mask: __mmask16 = (1u32 << v.len()).wrapping_sub(1) as __mmask16;
+            let h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, v.as_ptr()));
+            _mm256_mask_storeu_epi16(
+                o.as_mut_ptr() as *mut i16,
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(h),
+            );
         }
     }
 }
@@ -258,10 +416,19 @@ mod tests {
                     max_diff(&got, &reference(&x, &w)) < 1e-4,
                     "m={m} n={n} k={k}"
                 );
+                // With AVX-512 BF16, x meets bf16 weights rounded to bf16 itself.
                 let wb = w.to_dtype(DType::BF16).unwrap();
+                let xb = match bf16_dot_supported() {
+                    true => x
+                        .to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap(),
+                    false => x.clone(),
+                };
                 let got = matmul_nt(&x, &wb).unwrap();
                 assert!(
-                    max_diff(&got, &reference(&x, &wb)) < 1e-3,
+                    max_diff(&got, &reference(&xb, &wb)) < 1e-3,
                     "bf16 m={m} n={n} k={k}"
                 );
             }
@@ -277,14 +444,42 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1., (300, 200), &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (11, 200), &dev).unwrap();
-        let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
-        for (i, row) in all.iter().enumerate() {
-            let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
-            assert_eq!(&one[0], row, "row {i}");
+        for w in [w.clone(), to_bf16(&w).unwrap()] {
+            let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
+            for (i, row) in all.iter().enumerate() {
+                let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w)
+                    .unwrap()
+                    .to_vec2()
+                    .unwrap();
+                assert_eq!(&one[0], row, "row {i} ({:?})", w.dtype());
+            }
         }
+    }
+
+    #[test]
+    fn bf16_copies_round_like_candle() {
+        // Ragged length: the masked tail too; mixed magnitudes: the rounding, not the range.
+        let w = (Tensor::randn(0f32, 1., (3, 1000 + 7), &Device::Cpu).unwrap() * 1e3).unwrap();
+        let ours: Vec<u16> = to_bf16(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let candle: Vec<u16> = w
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(ours, candle);
     }
 
     #[test]

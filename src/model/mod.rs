@@ -20,7 +20,7 @@ pub mod weight_grads;
 use std::path::{Path, PathBuf};
 
 pub use config::{Architecture, ModelConfig};
-pub use decoder::{Grad, KvCache, Model};
+pub use decoder::{DecodeWeights, Grad, KvCache, Model};
 pub use device::{DeviceSpec, Precision};
 pub use tokenizer::TextTokenizer;
 pub use weight_grads::WeightGrads;

@@ -193,6 +193,7 @@ pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64)
         top_p: config.selfplay.top_p,
         seed,
         stop: vec![STOP.into()],
+        bf16_decode: config.run.bf16_decode,
     }
 }
 

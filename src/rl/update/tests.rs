@@ -53,6 +53,7 @@ fn learn(estimator: Estimator) -> (f32, f32) {
             top_p: 1.0,
             seed: step,
             stop: vec![],
+            bf16_decode: false,
         };
         let out = generate(&model, &Digits, &prompts, &sampling).unwrap();
         let rollouts: Vec<Rollout> = prompts
@@ -505,6 +506,7 @@ fn an_update_on_the_gpu_matches_the_cpu() {
         top_p: 1.0,
         seed: 9,
         stop: vec![],
+        bf16_decode: false,
     };
     let rollouts: Vec<Rollout> = generate(&cpu_model, &Digits, &prompts, &sampling)
         .unwrap()
