@@ -205,11 +205,22 @@ mod avx512 {
         }
     }
 
-    /// How R x-rows from `i` meet C w-rows from `j`: R * C sums over k, each written once to
-    /// `yt[(j + c) * m + i + r]`.
+    /// How a kernel meets `x` and `w`: `STEP` k-elements of each per load, their products
+    /// added into 16 f32 sums, and [`tile`] compiled with the CPU features it needs.
     pub trait Kernel {
         type X: Sync;
         type W: Sync;
+        type XV: Copy;
+        type WV: Copy;
+        const STEP: usize;
+        unsafe fn load_x(p: *const Self::X) -> Self::XV;
+        unsafe fn load_w(p: *const Self::W) -> Self::WV;
+        /// The first `n < STEP` elements, zeros after (a weight past the row could be an
+        /// infinity or a NaN, so both operands are masked).
+        unsafe fn load_x_tail(p: *const Self::X, n: usize) -> Self::XV;
+        unsafe fn load_w_tail(p: *const Self::W, n: usize) -> Self::WV;
+        unsafe fn madd(acc: __m512, x: Self::XV, w: Self::WV) -> __m512;
+        /// R x-rows from `i` against C w-rows from `j`: [`tile`] with this kernel's features.
         unsafe fn tile<const R: usize, const C: usize>(
             x: &[Self::X],
             i: usize,
@@ -260,11 +271,82 @@ mod avx512 {
         }
     }
 
+    /// R x-rows from `i` against C w-rows from `j`: R * C accumulators over k, each one
+    /// sequential k-order sum and one fixed horizontal reduction, so a row's bits do not
+    /// depend on its batch. Inlined into each kernel's `tile`, which enables its features.
+    #[inline(always)]
+    unsafe fn tile<K: Kernel, const R: usize, const C: usize>(
+        x: &[K::X],
+        i: usize,
+        w: &[K::W],
+        j: usize,
+        yt: &mut [f32],
+        m: usize,
+        k: usize,
+    ) {
+        let xp = x.as_ptr().add(i * k);
+        let wp = w.as_ptr().add(j * k);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let full = k / K::STEP * K::STEP;
+        let mut p = 0;
+        while p < full {
+            let wv: [K::WV; C] = std::array::from_fn(|c| K::load_w(wp.add(c * k + p)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = K::load_x(xp.add(r * k + p));
+                for (a, v) in a.iter_mut().zip(&wv) {
+                    *a = K::madd(*a, xv, *v);
+                }
+            }
+            p += K::STEP;
+        }
+        if full < k {
+            let n = k - full;
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = K::load_x_tail(xp.add(r * k + p), n);
+                for (c, a) in a.iter_mut().enumerate() {
+                    *a = K::madd(*a, xv, K::load_w_tail(wp.add(c * k + p), n));
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (c, a) in a.iter().enumerate() {
+                yt[(j + c) * m + i + r] = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+
     impl<W: Load> Kernel for Widen<W> {
         type X = f32;
         type W = W;
+        type XV = __m512;
+        type WV = __m512;
+        const STEP: usize = 16;
 
         #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load_x(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load_w(p: *const W) -> __m512 {
+            W::load(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load_x_tail(p: *const f32, n: usize) -> __m512 {
+            _mm512_maskz_loadu_ps(mask16(n), p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn load_w_tail(p: *const W, n: usize) -> __m512 {
+            W::load_tail(p, mask16(n))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn madd(acc: __m512, x: __m512, w: __m512) -> __m512 {
+            _mm512_fmadd_ps(x, w, acc)
+        }
         #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
         unsafe fn tile<const R: usize, const C: usize>(
             x: &[f32],
@@ -275,42 +357,46 @@ mod avx512 {
             m: usize,
             k: usize,
         ) {
-            let xp = x.as_ptr().add(i * k);
-            let wp = w.as_ptr().add(j * k);
-            let mut acc = [[_mm512_setzero_ps(); C]; R];
-            let full = k / 16 * 16;
-            let mut p = 0;
-            while p < full {
-                let mut wv = [_mm512_setzero_ps(); C];
-                for (c, v) in wv.iter_mut().enumerate() {
-                    *v = W::load(wp.add(c * k + p));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(xp.add(r * k + p));
-                    for (a, v) in a.iter_mut().zip(&wv) {
-                        *a = _mm512_fmadd_ps(xv, *v, *a);
-                    }
-                }
-                p += 16;
-            }
-            if full < k {
-                let mask: __mmask16 = (1u32 << (k - full)).wrapping_sub(1) as __mmask16;
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k + p));
-                    for (c, a) in a.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(xv, W::load_tail(wp.add(c * k + p), mask), *a);
-                    }
-                }
-            }
-            store(&acc, yt, i, j, m);
+            tile::<Self, R, C>(x, i, w, j, yt, m, k)
         }
     }
 
     impl Kernel for Dot {
         type X = half::bf16;
         type W = half::bf16;
+        type XV = __m512bh;
+        type WV = __m512bh;
+        const STEP: usize = 32;
 
         #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn load_x(p: *const half::bf16) -> __m512bh {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn load_w(p: *const half::bf16) -> __m512bh {
+            Self::load_x(p)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn load_x_tail(p: *const half::bf16, n: usize) -> __m512bh {
+            let mask = (1u64 << n).wrapping_sub(1) as __mmask32;
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(
+                mask,
+                p as *const i16,
+            ))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn load_w_tail(p: *const half::bf16, n: usize) -> __m512bh {
+            Self::load_x_tail(p, n)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+        unsafe fn madd(acc: __m512, x: __m512bh, w: __m512bh) -> __m512 {
+            _mm512_dpbf16_ps(acc, x, w)
+        }
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
         unsafe fn tile<const R: usize, const C: usize>(
             x: &[half::bf16],
@@ -321,55 +407,12 @@ mod avx512 {
             m: usize,
             k: usize,
         ) {
-            let xp = x.as_ptr().add(i * k) as *const i16;
-            let wp = w.as_ptr().add(j * k) as *const i16;
-            let pairs = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
-            let mut acc = [[_mm512_setzero_ps(); C]; R];
-            let full = k / 32 * 32;
-            let mut p = 0;
-            while p < full {
-                let mut wv = [pairs(_mm512_setzero_si512()); C];
-                for (c, v) in wv.iter_mut().enumerate() {
-                    *v = pairs(_mm512_loadu_si512(wp.add(c * k + p) as *const _));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = pairs(_mm512_loadu_si512(xp.add(r * k + p) as *const _));
-                    for (a, v) in a.iter_mut().zip(&wv) {
-                        *a = _mm512_dpbf16_ps(*a, xv, *v);
-                    }
-                }
-                p += 32;
-            }
-            if full < k {
-                // Both operands masked: a weight past the row could be an infinity or a NaN.
-                let mask: __mmask32 = (1u64 << (k - full)).wrapping_sub(1) as __mmask32;
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = pairs(_mm512_maskz_loadu_epi16(mask, xp.add(r * k + p)));
-                    for (c, a) in a.iter_mut().enumerate() {
-                        let wv = pairs(_mm512_maskz_loadu_epi16(mask, wp.add(c * k + p)));
-                        *a = _mm512_dpbf16_ps(*a, xv, wv);
-                    }
-                }
-            }
-            store(&acc, yt, i, j, m);
+            tile::<Self, R, C>(x, i, w, j, yt, m, k)
         }
     }
 
-    /// One fixed horizontal reduction per sum, so a row's bits do not depend on its batch.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store<const R: usize, const C: usize>(
-        acc: &[[__m512; C]; R],
-        yt: &mut [f32],
-        i: usize,
-        j: usize,
-        m: usize,
-    ) {
-        for (r, a) in acc.iter().enumerate() {
-            for (c, a) in a.iter().enumerate() {
-                yt[(j + c) * m + i + r] = _mm512_reduce_add_ps(*a);
-            }
-        }
+    fn mask16(n: usize) -> __mmask16 {
+        (1u32 << n).wrapping_sub(1) as __mmask16
     }
 
     /// `out = x` rounded to bf16 (nearest even), 16 at a time; the tail masked rather than
@@ -377,7 +420,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn round_bf16(x: &[f32], out: &mut [half::bf16]) {
         for (o, v) in out.chunks_mut(16).zip(x.chunks(16)) {
-            let mask: __mmask16 = (1u32 << v.len()).wrapping_sub(1) as __mmask16;
+            let mask = mask16(v.len());
             let h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, v.as_ptr()));
             _mm256_mask_storeu_epi16(
                 o.as_mut_ptr() as *mut i16,
