@@ -206,25 +206,28 @@ pub fn generate(
         .collect();
     let mut checks = Checks::new(problems, sandbox, limits);
     let mut left: Vec<usize> = problems.iter().map(|_| gen.n).collect();
-    let (mut seconds, mut tokens) = (0.0, 0);
-    for (k, chunk) in work.chunks(gen.batch.max(1)).enumerate() {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-        let config = GenerateConfig {
-            seed: gen.config.seed.wrapping_add(k as u64),
-            ..gen.config.clone()
-        };
-        let started = Instant::now();
-        let out = generate::generate(gen.model, gen.tokenizer, &batch, &config)?;
-        seconds += started.elapsed().as_secs_f64();
-        for (&i, g) in chunk.iter().zip(out) {
-            tokens += g.tokens.len();
-            checks.start(i, problems[i].completion(&g.text));
-            left[i] -= 1;
-            if left[i] == 0 {
-                progress.inc(1);
+    let mut tokens = 0;
+    let ordered: Vec<Vec<u32>> = work.iter().map(|&i| prompts[i].clone()).collect();
+    let started = Instant::now();
+    // Starting a check only queues it, so the time is generation's.
+    generate::generate_batches(
+        gen.model,
+        gen.tokenizer,
+        &ordered,
+        &gen.config,
+        gen.batch,
+        |start, out| {
+            for (&i, g) in work[start..].iter().zip(out) {
+                tokens += g.tokens.len();
+                checks.start(i, problems[i].completion(&g.text));
+                left[i] -= 1;
+                if left[i] == 0 {
+                    progress.inc(1);
+                }
             }
-        }
-    }
+        },
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
     let mut eval = checks.finish(progress, false);
     eval.generate_seconds = seconds;
     eval.tokens = tokens;

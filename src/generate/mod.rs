@@ -5,6 +5,7 @@
 pub mod sample;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -94,6 +95,55 @@ pub fn generate(
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
 ) -> Result<Vec<Generation>, ModelError> {
+    let weights = decode_weights(model, config)?;
+    generate_using(model, weights, tokenizer, prompts, config)
+}
+
+/// Completions for `prompts`, `batch` at a time; batch k samples with seed `seed + k`. The
+/// batches share one set of bf16 decode copies, as the weights do not change between them.
+/// `done(start, batch)` sees each batch as it finishes (its first prompt's index, its
+/// completions), so a caller can start checking them while the next batch generates.
+pub fn generate_batches(
+    model: &Model,
+    tokenizer: &dyn Vocabulary,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+    batch: usize,
+    mut done: impl FnMut(usize, &[Generation]),
+) -> Result<Vec<Generation>, ModelError> {
+    let weights = decode_weights(model, config)?;
+    let mut out = Vec::with_capacity(prompts.len());
+    for (k, chunk) in prompts.chunks(batch.max(1)).enumerate() {
+        let config = GenerateConfig {
+            seed: config.seed.wrapping_add(k as u64),
+            ..config.clone()
+        };
+        let generated = generate_using(model, weights.clone(), tokenizer, chunk, &config)?;
+        done(out.len(), &generated);
+        out.extend(generated);
+    }
+    Ok(out)
+}
+
+/// The bf16 decode copies `config` asks for, where the model and CPU can use them.
+fn decode_weights(
+    model: &Model,
+    config: &GenerateConfig,
+) -> Result<Option<Arc<DecodeWeights>>, ModelError> {
+    Ok(match config.bf16_decode {
+        true => DecodeWeights::of_model(model)?.map(Arc::new),
+        false => None,
+    })
+}
+
+/// [`generate`] with the decode copies already taken.
+fn generate_using(
+    model: &Model,
+    weights: Option<Arc<DecodeWeights>>,
+    tokenizer: &dyn Vocabulary,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) -> Result<Vec<Generation>, ModelError> {
     let device = model.device().clone();
     let sampling = Sampling {
         temperature: config.temperature,
@@ -108,10 +158,6 @@ pub fn generate(
     let padded = prompts.iter().any(|p| p.len() < width);
     let pad = tokenizer.pad_id();
     let mut mask: Vec<Vec<u32>> = prompts.iter().map(|p| key_row(p.len(), width)).collect();
-    let weights = match config.bf16_decode {
-        true => DecodeWeights::of_model(model)?,
-        false => None,
-    };
     let mut cache = KvCache::with_weights(weights);
     let mut logits = prefill(model, prompts, pad, width, &mut cache)?;
     let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();

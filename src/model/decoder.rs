@@ -75,18 +75,10 @@ impl DecodeWeights {
             return Ok(None);
         }
         let mut copies = HashMap::new();
-        let matrices = model.blocks.iter().flat_map(|b| {
-            [
-                &b.q_proj,
-                &b.k_proj,
-                &b.v_proj,
-                &b.o_proj,
-                &b.gate_proj,
-                &b.up_proj,
-                &b.down_proj,
-            ]
-            .map(|l| l.weight.as_tensor())
-        });
+        let matrices = model
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears().map(|(_, l)| l.weight.as_tensor()));
         for w in matrices.chain([model.lm_head_weight()]) {
             copies.insert(w.id(), matvec::to_bf16(w)?);
         }
@@ -111,6 +103,21 @@ struct Block {
     down_proj: Linear,
 }
 
+impl Block {
+    /// The linear layers with their HF names under `model.layers.{i}`.
+    fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.o_proj", &self.o_proj),
+            ("mlp.gate_proj", &self.gate_proj),
+            ("mlp.up_proj", &self.up_proj),
+            ("mlp.down_proj", &self.down_proj),
+        ]
+    }
+}
+
 /// Keys and values of every layer for the tokens seen so far: (b, kv_heads, len, head_dim),
 /// and optionally the bf16 weights the passes through it multiply.
 #[derive(Default)]
@@ -122,9 +129,9 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache whose passes multiply `weights` in place of the model's f32 matrices.
-    pub fn with_weights(weights: Option<DecodeWeights>) -> Self {
+    pub fn with_weights(weights: Option<Arc<DecodeWeights>>) -> Self {
         Self {
-            weights: weights.map(Arc::new),
+            weights,
             ..Self::default()
         }
     }
@@ -342,15 +349,7 @@ impl Model {
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), &b.input_layernorm));
-            for (name, lin) in [
-                ("self_attn.q_proj", &b.q_proj),
-                ("self_attn.k_proj", &b.k_proj),
-                ("self_attn.v_proj", &b.v_proj),
-                ("self_attn.o_proj", &b.o_proj),
-                ("mlp.gate_proj", &b.gate_proj),
-                ("mlp.up_proj", &b.up_proj),
-                ("mlp.down_proj", &b.down_proj),
-            ] {
+            for (name, lin) in b.linears() {
                 out.push((format!("{p}.{name}.weight"), &lin.weight));
                 if let Some(bias) = &lin.bias {
                     out.push((format!("{p}.{name}.bias"), bias));

@@ -47,18 +47,8 @@ impl Policy {
         prompts: &[Vec<u32>],
         config: &GenerateConfig,
         batch: usize,
-        mut done: impl FnMut(usize, &[Generation]),
+        done: impl FnMut(usize, &[Generation]),
     ) -> Result<Vec<Generation>, ModelError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for (k, chunk) in prompts.chunks(batch.max(1)).enumerate() {
-            let config = GenerateConfig {
-                seed: config.seed.wrapping_add(k as u64),
-                ..config.clone()
-            };
-            let generated = generate::generate(&self.model, &self.tokenizer, chunk, &config)?;
-            done(out.len(), &generated);
-            out.extend(generated);
-        }
-        Ok(out)
+        generate::generate_batches(&self.model, &self.tokenizer, prompts, config, batch, done)
     }
 }
