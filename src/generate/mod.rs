@@ -48,7 +48,7 @@ pub struct GenerateConfig {
     /// Text that ends a completion (kept out of the returned text).
     pub stop: Vec<String>,
     /// Decode steps multiply bf16 copies of f32 weights, taken at the start of the call,
-    /// where the CPU has AVX-512 (ignored elsewhere): about 1.6x the tokens per second, with
+    /// where the CPU has AVX-512 (ignored elsewhere): about 1.3x the tokens per second, with
     /// log-probs within bf16 rounding of the f32 model's.
     #[serde(default)]
     pub bf16_decode: bool,
