@@ -6,14 +6,17 @@ they happen, so when the host stops a run (timeout, memory) it knows which call 
 
 Requests:
   {"op": "call", "nonce", "program", "entry", "inputs": [text], "expected": [text] | null,
-   "banned": [module], "perturb": int, "max_repr": int}
+   "banned": [module], "perturb": int, "max_repr": int, "repeat": bool}
       -> {"event": "program", "status": "ok", "arity": n, "normalized": ast.unparse(program)}
          | {"event": "program", "status": "syntax" | "banned" | "definition" | "missing", ...}
       -> then per input: {"event": "call", "index": i, "status": "value", "repr", "roundtrips",
                           "printed", "matches"} | {"status": "raised", "error"}
                           | {"status": "bad_input", "error"} | {"status": "repr_too_long"}
+                          | {"status": "stateful", "first", "second"} (repeat: a second call
+                            on the same input, in the same program state, returned another value)
+         Each call runs in a fresh program state (the module body is run again).
   {"op": "compare", "nonce", "pairs": [[a, b]]}
-      -> per pair: {"event": "compare", "index": i, "equal": bool}
+      -> per pair: {"event": "compare", "index": i, "equal": bool}: both are literals and ==
 """
 
 import ast
@@ -27,10 +30,16 @@ SAFE_CALLS = {
     "set": set, "frozenset": frozenset, "tuple": tuple, "list": list, "dict": dict,
     "float": float, "int": int, "str": str, "bool": bool, "complex": complex, "bytes": bytes,
 }
+# Names repr() writes for special floats.
+SAFE_NAMES = {"inf": float("inf"), "nan": float("nan")}
 LITERAL_NODES = (
     ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp,
     ast.USub, ast.UAdd, ast.Add, ast.Sub, ast.Load, ast.keyword,
 )
+# Exact types a value may be built from to count as a literal. Subclasses are excluded, so no
+# object can decide for itself how it compares or prints.
+SCALAR_TYPES = (int, float, complex, str, bytes, bool, type(None))
+SEQUENCE_TYPES = (list, tuple, set, frozenset)
 
 
 def emit(nonce, event):
@@ -67,7 +76,7 @@ def is_safe_expr(node):
             if not (isinstance(sub.func, ast.Name) and sub.func.id in SAFE_CALLS):
                 return False
         elif isinstance(sub, ast.Name):
-            if sub.id not in SAFE_CALLS:
+            if sub.id not in SAFE_CALLS and sub.id not in SAFE_NAMES:
                 return False
         elif not isinstance(sub, LITERAL_NODES):
             return False
@@ -77,7 +86,8 @@ def is_safe_expr(node):
 def eval_safe(node):
     expr = ast.Expression(body=node)
     ast.fix_missing_locations(expr)
-    return eval(compile(expr, "<input>", "eval"), {"__builtins__": {}}, dict(SAFE_CALLS))
+    names = dict(SAFE_CALLS, **SAFE_NAMES)
+    return eval(compile(expr, "<input>", "eval"), {"__builtins__": {}}, names)
 
 
 def parse_arguments(text):
@@ -93,40 +103,47 @@ def parse_arguments(text):
     return args, kwargs
 
 
-def evaluate(text):
-    """Value of an expression as Python would read it; None when it cannot be evaluated."""
+def is_literal(value, depth=0):
+    """Built only of exact builtin literal types (nesting below 200 levels)."""
+    kind = type(value)
+    if kind in SCALAR_TYPES:
+        return True
+    if depth > 200:
+        return False
+    if kind in SEQUENCE_TYPES:
+        return all(is_literal(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(is_literal(k, depth + 1) and is_literal(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def parse_literal(text):
+    """(True, value) when `text` is one literal expression, else (False, None). Nothing but
+    literals, the SAFE_CALLS and inf/nan is evaluated: no names, attributes or other calls."""
     try:
-        return True, ast.literal_eval(text.strip())
-    except Exception:
-        pass
-    try:
-        return True, eval(text.strip(), {"__builtins__": {}, "inf": float("inf"), "nan": float("nan")}, dict(SAFE_CALLS))
+        node = ast.parse(text.strip(), mode="eval").body
+        if is_safe_expr(node):
+            value = eval_safe(node)
+            if is_literal(value):
+                return True, value
     except BaseException:
-        return False, None
+        pass
+    return False, None
 
 
 def equal_values(value, text):
-    """Does the value equal the expression `text`? Python's ==, else exact repr text."""
-    ok, other = evaluate(text)
-    if ok:
-        try:
-            if bool(value == other):
-                return True
-        except BaseException:
-            pass
+    """Is `value` a literal equal (==) to the literal expression `text`? Both sides must be
+    plain literals, so an object with a custom __eq__ never matches."""
+    ok, other = parse_literal(text)
     try:
-        return repr(value) == text.strip()
+        return ok and is_literal(value) and bool(value == other)
     except BaseException:
         return False
 
 
 def round_trips(value, shown):
-    """eval(repr(value)) == value, strictly: NaN and default object reprs do not."""
-    ok, back = evaluate(shown)
-    try:
-        return ok and bool(back == value)
-    except BaseException:
-        return False
+    """A literal with eval(repr(value)) == value, strictly: NaN and objects do not."""
+    return equal_values(value, shown)
 
 
 class CappedSink:
@@ -148,6 +165,30 @@ def arity(fn):
     return code.co_argcount + code.co_kwonlyargcount if code else -1
 
 
+def define(code, entry):
+    """Runs the module body in a fresh namespace and returns its `entry`; prints are counted."""
+    namespace = {"__name__": "__azr_task__"}
+    sink = CappedSink()
+    try:
+        sys.stdout = sink
+        exec(code, namespace)
+    finally:
+        sys.stdout = sys.__stdout__
+    return namespace.get(entry), sink.written
+
+
+def call(fn, text):
+    """(value, printed) of fn(*arguments of `text`), its arguments parsed anew."""
+    args, kwargs = parse_arguments(text)
+    sink = CappedSink()
+    try:
+        sys.stdout = sink
+        value = fn(*args, **kwargs)
+    finally:
+        sys.stdout = sys.__stdout__
+    return value, sink.written > 0
+
+
 def run_calls(req, nonce):
     program, entry = req["program"], req.get("entry", "f")
     try:
@@ -159,18 +200,12 @@ def run_calls(req, nonce):
     if banned:
         emit(nonce, {"event": "program", "status": "banned", "modules": banned})
         return
-    namespace = {"__name__": "__azr_task__"}
-    sink = CappedSink()
+    code = compile(tree, "<program>", "exec")
     try:
-        sys.stdout = sink
-        exec(compile(tree, "<program>", "exec"), namespace)
+        fn, _ = define(code, entry)
     except BaseException as e:
-        sys.stdout = sys.__stdout__
         emit(nonce, {"event": "program", "status": "definition", "error": describe(e)})
         return
-    finally:
-        sys.stdout = sys.__stdout__
-    fn = namespace.get(entry)
     if not callable(fn):
         emit(nonce, {"event": "program", "status": "missing", "error": "no function `%s` defined" % entry})
         return
@@ -182,29 +217,33 @@ def run_calls(req, nonce):
     ballast = [object() for _ in range(perturb)] + [bytes(k) for k in range(2, 2 + 8 * perturb)]
     max_repr = int(req.get("max_repr", 20000))
     expected = req.get("expected")
+    repeat = bool(req.get("repeat", False))
     for index, text in enumerate(req["inputs"]):
         event = {"event": "call", "index": index}
         try:
-            args, kwargs = parse_arguments(text)
+            parse_arguments(text)
         except BaseException as e:
             event.update(status="bad_input", error=describe(e))
             emit(nonce, event)
             continue
-        sink = CappedSink()
         try:
-            sys.stdout = sink
-            value = fn(*args, **kwargs)
-            sys.stdout = sys.__stdout__
+            # Every call starts from a fresh program state: state one call leaves behind
+            # (a mutable default, a global) cannot reach the next.
+            fn, printed_at_definition = define(code, entry)
+            value, printed = call(fn, text)
             shown = repr(value)
+            # Called again in the same state, a pure f returns the same value (AZR's check).
+            again = repr(call(fn, text)[0]) if repeat else shown
         except BaseException as e:
-            sys.stdout = sys.__stdout__
             event.update(status="raised", error=describe(e))
             emit(nonce, event)
             continue
         if len(shown) > max_repr:
             event.update(status="repr_too_long", length=len(shown))
+        elif again != shown:
+            event.update(status="stateful", first=shown, second=again[:max_repr])
         else:
-            event.update(status="value", repr=shown, printed=sink.written > 0,
+            event.update(status="value", repr=shown, printed=printed or printed_at_definition > 0,
                          roundtrips=round_trips(value, shown))
             if expected is not None:
                 event["matches"] = equal_values(value, expected[index])
@@ -219,9 +258,8 @@ def describe(e):
 
 def run_compare(req, nonce):
     for index, (a, b) in enumerate(req["pairs"]):
-        ok_a, va = evaluate(a)
-        equal = equal_values(va, b) if ok_a else a.strip() == b.strip()
-        emit(nonce, {"event": "compare", "index": index, "equal": bool(equal)})
+        ok, value = parse_literal(a)
+        emit(nonce, {"event": "compare", "index": index, "equal": ok and equal_values(value, b)})
 
 
 def main():

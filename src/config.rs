@@ -89,8 +89,9 @@ pub struct SelfplayConfig {
     pub reference_weighting: Weighting,
     /// Inputs an induction proposer is asked for (N).
     pub induction_inputs: usize,
-    /// Valid inputs an induction task needs (half shown, half hidden).
-    pub min_induction_examples: usize,
+    /// Inputs an induction proposal needs, all valid and distinct (half shown, half hidden);
+    /// unset means `induction_inputs`, as in AZR.
+    pub min_induction_examples: Option<usize>,
     /// Token limit of a proposal.
     pub propose_tokens: usize,
     /// Token limit of a solver answer.
@@ -100,9 +101,18 @@ pub struct SelfplayConfig {
     pub top_p: f32,
     /// Sequences generated in one batch.
     pub generate_batch: usize,
-    /// Base-model proposals per type used to seed the buffer before step 1 (0 = only the
-    /// identity seeds).
-    pub seed_proposals: usize,
+    /// The cold start: valid base-model tasks per type in the buffer before step 1 (0 = only
+    /// the identity seeds).
+    pub seed_tasks: usize,
+    /// The cold start's budget: proposals per type before it gives up with an error.
+    pub seed_attempts: usize,
+}
+
+impl SelfplayConfig {
+    /// Inputs an induction proposal needs.
+    pub fn induction_minimum(&self) -> usize {
+        self.min_induction_examples.unwrap_or(self.induction_inputs)
+    }
 }
 
 impl Default for SelfplayConfig {
@@ -113,14 +123,15 @@ impl Default for SelfplayConfig {
             samples: 4,
             references: 3,
             reference_weighting: Weighting::Uniform,
-            induction_inputs: 6,
-            min_induction_examples: 2,
+            induction_inputs: 4,
+            min_induction_examples: None,
             propose_tokens: 384,
             solve_tokens: 384,
-            temperature: 1.0,
+            temperature: 0.7,
             top_p: 1.0,
             generate_batch: 8,
-            seed_proposals: 0,
+            seed_tasks: 3,
+            seed_attempts: 64,
         }
     }
 }
@@ -219,6 +230,12 @@ impl Config {
         if s.temperature <= 0.0 {
             return Err("selfplay.temperature must be > 0: learnability is estimated from sampled solver answers, never greedy ones".into());
         }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(format!("selfplay.top_p = {} must be in (0, 1]", s.top_p));
+        }
+        if s.top_p < 1.0 {
+            return Err(format!("selfplay.top_p = {} cannot train: the update scores every token under the full distribution, but nucleus samples come from a renormalised one, which biases the importance ratio. Use top_p = 1.0", s.top_p));
+        }
         if s.samples < 2 {
             return Err(format!("selfplay.samples = {} cannot estimate learnability: a success rate strictly between 0 and 1 needs at least 2 samples", s.samples));
         }
@@ -235,10 +252,10 @@ impl Config {
         {
             return Err("selfplay.propose_batch, generate_batch, propose_tokens and solve_tokens must be at least 1".into());
         }
-        if s.min_induction_examples < 2 || s.induction_inputs < s.min_induction_examples {
+        if s.induction_minimum() < 2 || s.induction_inputs < s.induction_minimum() {
             return Err(format!(
                 "selfplay.induction_inputs ({}) must be at least min_induction_examples ({}), which must be at least 2 (one shown, one hidden)",
-                s.induction_inputs, s.min_induction_examples
+                s.induction_inputs, s.induction_minimum()
             ));
         }
         if self.rl.micro_batch == 0 || self.rl.epochs == 0 {

@@ -118,24 +118,56 @@ const CHARTS: &[(&str, &str, &str, &[Series])] = &[
     ),
 ];
 
-/// The value at `path` in one step's metrics; `@accuracy`, `@validity` and `@group` derive
-/// ratios and per-group rewards.
-fn lookup(step: &Value, path: &[&str]) -> Option<f64> {
+/// The value at `path` in one step's metrics, as (numerator, denominator) so windows of steps
+/// pool their counts: `@accuracy` and `@validity` are ratios of counts, `@group` a group's
+/// reward, `@rejected` the share of proposals rejected for a reason; other paths are plain
+/// values (denominator 1).
+fn lookup(step: &Value, path: &[&str]) -> Option<(f64, f64)> {
     let ratio = |v: &Value, n: &str, d: &str| {
         let d = v[d].as_f64()?;
-        (d > 0.0).then(|| v[n].as_f64().unwrap_or(0.0) / d)
+        (d > 0.0).then(|| (v[n].as_f64().unwrap_or(0.0), d))
     };
     match path {
         [t, "@accuracy"] => ratio(&step[*t], "solver_correct", "solver_answers"),
         [t, "@validity"] => ratio(&step[*t], "valid_proposals", "proposals"),
+        ["@rejected", kind] => {
+            let total: f64 = ["deduction", "abduction", "induction"]
+                .iter()
+                .filter_map(|t| step[*t]["proposals"].as_f64())
+                .sum();
+            let n = step["rejections"][*kind].as_f64().unwrap_or(0.0);
+            (total > 0.0).then_some((n, total))
+        }
         [u, "@group", g] => step[*u]["groups"]
             .as_array()?
             .iter()
             .find(|x| x["group"].as_u64().map(|id| id.to_string()).as_deref() == Some(g))?
             ["reward_mean"]
-            .as_f64(),
-        _ => path.iter().try_fold(step, |v, k| v.get(*k))?.as_f64(),
+            .as_f64()
+            .map(|r| (r, 1.0)),
+        _ => path
+            .iter()
+            .try_fold(step, |v, k| v.get(*k))?
+            .as_f64()
+            .map(|v| (v, 1.0)),
     }
+}
+
+/// One point per window of `window` steps (at its last step): the pooled ratio of the
+/// window's (numerator, denominator) pairs. Windows without data give no point.
+fn windowed(steps: &[Value], path: &[&str], window: usize) -> Vec<(f64, f64)> {
+    steps
+        .chunks(window.max(1))
+        .filter_map(|chunk| {
+            let x = chunk.last()?["step"].as_f64()?;
+            let (n, d) = chunk
+                .iter()
+                .filter_map(|s| lookup(s, path))
+                .filter(|(n, d)| n.is_finite() && d.is_finite())
+                .fold((0.0, 0.0), |(a, b), (n, d)| (a + n, b + d));
+            (d > 0.0).then(|| (x, n / d))
+        })
+        .collect()
 }
 
 /// Reads `metrics.jsonl` of a run.
@@ -160,29 +192,47 @@ pub fn read_metrics(run: &Path) -> Result<Vec<Value>, ReportError> {
     Ok(steps)
 }
 
-/// Writes every chart that has data into `out`; returns the files written.
-pub fn write(run: &Path, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+/// Writes every chart that has data into `out`, each point pooling `window` steps (1: every
+/// step); returns the files written.
+pub fn write(run: &Path, out: &Path, window: usize) -> Result<Vec<PathBuf>, ReportError> {
     let steps = read_metrics(run)?;
     std::fs::create_dir_all(out).map_err(|e| ReportError::Read(out.to_owned(), e))?;
+    // Rejection reasons are whatever the run met, so their chart is built from the data.
+    let mut reasons: Vec<String> = steps
+        .iter()
+        .filter_map(|s| s["rejections"].as_object())
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    let reason_paths: Vec<[&str; 2]> = reasons.iter().map(|r| ["@rejected", r.as_str()]).collect();
+    let reason_series: Vec<(&str, &[&str])> = reasons
+        .iter()
+        .zip(&reason_paths)
+        .map(|(r, p)| (r.as_str(), p.as_slice()))
+        .collect();
+    let rejections = (
+        "rejections.png",
+        "Rejected proposals by reason",
+        "fraction of proposals",
+        reason_series.as_slice(),
+    );
     let mut written = Vec::new();
-    for (file, title, y_label, series) in CHARTS {
+    for &(file, title, y_label, series) in CHARTS.iter().chain([&rejections]) {
         let lines: Vec<(&str, Vec<(f64, f64)>)> = series
             .iter()
-            .map(|(label, path)| {
-                let points = steps
-                    .iter()
-                    .filter_map(|s| Some((s["step"].as_f64()?, lookup(s, path)?)))
-                    .filter(|(_, y)| y.is_finite())
-                    .collect();
-                (*label, points)
-            })
-            .filter(|(_, points): &(&str, Vec<(f64, f64)>)| !points.is_empty())
+            .map(|(label, path)| (*label, windowed(&steps, path, window)))
+            .filter(|(_, points)| !points.is_empty())
             .collect();
         if lines.is_empty() {
             continue;
         }
         let path = out.join(file);
-        chart(&path, title, y_label, &lines).map_err(|e| ReportError::Draw(path.clone(), e))?;
+        let title = match window {
+            0 | 1 => title.to_string(),
+            n => format!("{title} (per {n} steps)"),
+        };
+        chart(&path, &title, y_label, &lines).map_err(|e| ReportError::Draw(path.clone(), e))?;
         written.push(path);
     }
     Ok(written)
@@ -245,6 +295,7 @@ mod tests {
             "deduction": {"proposals": 2, "valid_proposals": 1, "solver_answers": 4, "solver_correct": correct, "mean_learnability": 0.5},
             "abduction": {"proposals": 2, "valid_proposals": 0, "solver_answers": 4, "solver_correct": 0, "mean_learnability": 0.0},
             "induction": {"proposals": 0, "valid_proposals": 0, "solver_answers": 0, "solver_correct": 0, "mean_learnability": 0.0},
+            "rejections": {"format": 3},
             "update": {"loss": 0.1, "grad_norm": 1.2, "entropy": 2.0, "approx_kl": 0.01, "tokens_per_sec": 14.0,
                        "groups": [{"group": 1, "reward_mean": 0.25}, {"group": 0, "reward_mean": -1.0}]}
         })
@@ -253,11 +304,22 @@ mod tests {
     #[test]
     fn derived_series_are_computed() {
         let s = step(2, 3);
-        assert_eq!(lookup(&s, &["deduction", "@accuracy"]), Some(0.75));
+        assert_eq!(lookup(&s, &["deduction", "@accuracy"]), Some((3.0, 4.0)));
         assert_eq!(lookup(&s, &["induction", "@validity"]), None);
-        assert_eq!(lookup(&s, &["update", "@group", "1"]), Some(0.25));
-        assert_eq!(lookup(&s, &["update", "grad_norm"]), Some(1.2));
+        assert_eq!(lookup(&s, &["update", "@group", "1"]), Some((0.25, 1.0)));
+        assert_eq!(lookup(&s, &["update", "grad_norm"]), Some((1.2, 1.0)));
         assert_eq!(lookup(&s, &["validation", "cruxeval_o"]), None);
+        assert_eq!(lookup(&s, &["@rejected", "format"]), Some((3.0, 4.0)));
+    }
+
+    #[test]
+    fn windows_pool_counts_not_ratios() {
+        // Accuracy 3/4 then 0/4: the pooled window is 3/8, the last step names the point.
+        let steps = [step(1, 3), step(2, 0), step(3, 1)];
+        let points = windowed(&steps, &["deduction", "@accuracy"], 2);
+        assert_eq!(points, [(2.0, 3.0 / 8.0), (3.0, 0.25)]);
+        let every = windowed(&steps, &["update", "grad_norm"], 1);
+        assert_eq!(every.len(), 3);
     }
 
     #[test]
@@ -266,7 +328,7 @@ mod tests {
         let lines: String = (1..=5).map(|n| format!("{}\n", step(n, n % 4))).collect();
         std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
         let out = dir.path().join("report");
-        let files = write(dir.path(), &out).unwrap();
+        let files = write(dir.path(), &out, 2).unwrap();
         let names: Vec<String> = files
             .iter()
             .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
@@ -279,6 +341,7 @@ mod tests {
             !names.contains(&"validation.png".to_string()),
             "no validation data, no chart"
         );
+        assert!(names.contains(&"rejections.png".to_string()), "{names:?}");
         for f in &files {
             let bytes = std::fs::read(f).unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{f:?} is not a PNG");
@@ -294,11 +357,11 @@ mod tests {
             format!("{}\nnot json\n", step(1, 0)),
         )
         .unwrap();
-        let err = write(dir.path(), &dir.path().join("r"))
+        let err = write(dir.path(), &dir.path().join("r"), 1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
-        let err = write(Path::new("/nonexistent"), Path::new("/tmp/x"))
+        let err = write(Path::new("/nonexistent"), Path::new("/tmp/x"), 1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("is this a run directory"), "{err}");

@@ -38,6 +38,8 @@ fn every_command_has_help() {
         vec!["buffer", "list", "--help"],
         vec!["buffer", "show", "--help"],
         vec!["buffer", "export", "--help"],
+        vec!["tasks", "validate", "--help"],
+        vec!["tasks", "judge", "--help"],
         vec!["buffer", "seed", "--help"],
         vec!["model", "import", "--help"],
         vec!["model", "info", "--help"],
@@ -512,4 +514,76 @@ fn model_benchmarks_run_on_random_weights() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("at least 1"), "{}", text(&out));
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn tasks_validate_prints_a_verdict_per_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"type": "deduction", "program": "def f(x):\n    return x * 2", "input": "21"}"#,
+        r#"{"type": "abduction", "program": "def f(x, c=[0]):\n    c[0] += 1\n    return x + c[0]", "input": "1"}"#,
+        r#"{"type": "induction", "program": "def f(s):\n    return s[::-1]", "inputs": ["'ab'", "''", "'abc'", "'x'", "'xy'", "'a b'"], "message": "reverse"}"#,
+        r#"{"type": "induction", "program": "def f(s):\n    return s[::-1]", "inputs": ["'ab'", "'ab'"], "message": "reverse"}"#,
+        "not json",
+        r#"{"type": "deduction", "program": "def f(x): return x"}"#,
+    ];
+    let file = write(dir.path(), "proposals.jsonl", &lines.join("\n"));
+    let out = azr(&["tasks", "validate", &file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 6, "{}", text(&out));
+    assert_eq!(v[0], serde_json::json!({"valid": true, "output": "42"}));
+    assert_eq!(v[1]["valid"], false);
+    assert_eq!(v[1]["kind"], "stateful");
+    assert_eq!(v[2]["valid"], true);
+    assert_eq!(v[2]["shown"], 3);
+    assert_eq!(v[2]["examples"][0]["output"], "'ba'");
+    assert_eq!(v[3]["kind"], "repeated_input");
+    assert!(v[4]["error"].as_str().unwrap().contains("not a valid line"));
+    assert!(v[5]["error"].as_str().unwrap().contains("\"input\""));
+    let missing = azr(&["tasks", "validate", "/no/such/file.jsonl"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("/no/such/file.jsonl"));
+}
+
+#[test]
+fn tasks_judge_prints_a_verdict_per_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"type": "deduction", "program": "def f(x):\n    return x * 2", "input": "21", "output": "42", "answer": "42"}"#,
+        r#"{"type": "deduction", "program": "def f(x):\n    return x * 2", "input": "21", "output": "42", "answer": "<think>x</think><answer>41</answer>"}"#,
+        r#"{"type": "deduction", "program": "def f(x):\n    return x * 2", "input": "21", "output": "42", "answer": "<answer>42</answer>"}"#,
+        r#"{"type": "abduction", "program": "def f(x):\n    return x * 2", "input": "21", "output": "42", "answer": "21"}"#,
+        r#"{"type": "induction", "program": "def f(s):\n    return s[::-1]", "examples": [{"input": "'ab'", "output": "'ba'"}, {"input": "'xyz'", "output": "'zyx'"}], "answer": "def f(s):\n    return ''.join(reversed(s))"}"#,
+        r#"{"type": "induction", "program": "def f(s):\n    return s[::-1]", "examples": [{"input": "'ab'", "output": "'ba'"}, {"input": "'xyz'", "output": "'zyx'"}], "answer": "class A:\n    def __eq__(self, o):\n        return True\ndef f(s):\n    return A()"}"#,
+        "{}",
+    ];
+    let file = write(dir.path(), "answers.jsonl", &lines.join("\n"));
+    let out = azr(&["tasks", "judge", &file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v = json_lines(&out);
+    let correct: Vec<Option<bool>> = v.iter().map(|x| x["correct"].as_bool()).collect();
+    assert_eq!(
+        correct,
+        [
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(true),
+            Some(true),
+            Some(false),
+            None
+        ],
+        "{}",
+        text(&out)
+    );
+    assert!(v[2]["reason"].as_str().unwrap().starts_with("format"));
+    assert!(v[6]["error"].is_string());
 }

@@ -195,6 +195,37 @@ fn two_steps_then_resume_to_the_third() {
     assert_eq!(checkpoint_steps(&run), [2, 3]);
 }
 
+/// The cold start proposes with the real model and sandbox until its budget; SmolLM2 at 64
+/// tokens cannot write a whole task, so it ends with an error that says what to change, with
+/// every attempt recorded and no step run.
+#[test]
+fn a_cold_start_that_cannot_fill_the_buffer_stops_with_a_clear_error() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cold.toml");
+    let text_of = std::fs::read_to_string(smoke()).unwrap();
+    std::fs::write(
+        &config,
+        text_of.replace("seed_tasks = 0", "seed_tasks = 2\nseed_attempts = 3"),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let out = selfplay(config.to_str().unwrap(), &run, 1, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("cold start") && said.contains("seed_attempts = 3"),
+        "{said}"
+    );
+    assert!(metrics(&run).is_empty(), "no step may run");
+    let buffer = Buffer::open_existing(&run.join("buffer.sqlite")).unwrap();
+    let stats = buffer.stats().unwrap();
+    let rejected: usize = stats.rejections.iter().map(|(_, n)| n).sum();
+    let tasks: usize = stats.types.iter().map(|t| t.tasks).sum();
+    // 3 attempts per type; identity seeds plus whatever was valid make up the rest.
+    assert_eq!(rejected + (tasks - 3), 9, "{stats:?}");
+}
+
 #[test]
 fn killed_mid_step_resumes_from_the_last_checkpoint() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

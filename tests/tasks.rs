@@ -106,42 +106,121 @@ async fn invalid_proposals_are_rejected_with_the_reason() {
     assert_eq!(stopped.unwrap_err(), Rejection::Stopped(Outcome::Timeout));
 }
 
+fn inputs_text(inputs: &[&str]) -> String {
+    let blocks: String = inputs
+        .iter()
+        .map(|i| format!("```input\n{i}\n```\n"))
+        .collect();
+    format!("<think>t</think><answer>{blocks}```message\nSorts the numbers and doubles each.\n```</answer>")
+}
+
 #[tokio::test]
-async fn induction_keeps_valid_distinct_inputs_and_hides_half() {
-    let text = "<think>t</think><answer>\
-        ```input\n[3, 1, 2]\n```\n```input\n[3, 1, 2]\n```\n```input\n[]\n```\n\
-        ```input\n'oops'\n```\n```input\n[5, 4]\n```\n```input\n[9]\n```\n\
-        ```message\nSorts the numbers and doubles each.\n```</answer>";
-    let parsed = parse::inputs_proposal(text).unwrap();
+async fn induction_needs_every_input_valid_and_distinct_and_hides_the_larger_half() {
     let program = "def f(xs):\n    return [2 * x for x in sorted(xs)]";
-    let task = validate::induction_task(sandbox(), program, &parsed, 2)
+    let induction = |inputs: &[&str], min: usize| {
+        let parsed = parse::inputs_proposal(&inputs_text(inputs)).unwrap();
+        async move { validate::induction_task(sandbox(), program, &parsed, min).await }
+    };
+    let task = induction(&["[3, 1, 2]", "[]", "[5, 4]", "[9]", "[0, 0]"], 5)
         .await
         .unwrap();
-    // 'oops' is kept: it is valid (a list of doubled characters); the duplicate is not.
     let inputs: Vec<&str> = task.examples.iter().map(|e| e.input.as_str()).collect();
-    assert_eq!(inputs, ["[3, 1, 2]", "[]", "'oops'", "[5, 4]", "[9]"]);
+    assert_eq!(inputs, ["[3, 1, 2]", "[]", "[5, 4]", "[9]", "[0, 0]"]);
     assert_eq!(task.examples[0].output, "[2, 4, 6]");
-    assert_eq!(task.shown, 3);
-    assert_eq!(task.hidden_examples().len(), 2);
+    // floor(n/2) shown, the rest hidden, as in AZR.
+    assert_eq!(task.shown, 2);
+    assert_eq!(task.hidden_examples().len(), 3);
     assert_eq!(
         task.message.as_deref(),
         Some("Sorts the numbers and doubles each.")
     );
-
-    let one = parse::inputs_proposal(
-        "<think>t</think><answer>```input\n1\n```\n```input\n'x'\n```\n```message\nm\n```</answer>",
-    )
-    .unwrap();
-    let err = validate::induction_task(sandbox(), "def f(x):\n    return x + 1", &one, 2)
-        .await
-        .unwrap_err();
+    // One input given twice, or one that fails, makes the whole proposal invalid.
+    let repeated = induction(&["[3, 1, 2]", "[]", " [3, 1, 2]", "[9]"], 4).await;
     assert_eq!(
-        err,
+        repeated.unwrap_err(),
+        Rejection::RepeatedInput("[3, 1, 2]".into())
+    );
+    let failing = induction(&["[3, 1, 2]", "[None, 1]", "[9]", "[]"], 4).await;
+    assert_eq!(failing.unwrap_err().kind(), "raised");
+    let few = induction(&["[1]", "[2]", "[3]"], 4).await;
+    assert_eq!(
+        few.unwrap_err(),
         Rejection::TooFewExamples {
-            valid: 1,
-            needed: 2
+            valid: 3,
+            needed: 4
         }
     );
+}
+
+#[tokio::test]
+async fn programs_that_keep_state_between_calls_are_invalid() {
+    let counter = "def f(x, c=[0]):\n    c[0] += 1\n    return x + c[0]";
+    let global = "seen = []\ndef f(x):\n    seen.append(x)\n    return len(seen)";
+    for program in [counter, global] {
+        let rejection = propose(TaskType::Abduction, &proposal(program, "1"))
+            .await
+            .unwrap_err();
+        assert_eq!(rejection.kind(), "stateful", "{program}: {rejection}");
+    }
+    // Mutating the argument is not state: each call gets its input parsed anew.
+    let mutating = "def f(xs):\n    xs.append(1)\n    return xs";
+    assert!(propose(TaskType::Deduction, &proposal(mutating, "[2]"))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn every_judged_call_starts_from_a_fresh_program_state() {
+    // Valid in each run, but calling it again would count on: judged with one f kept across
+    // answers, only the first of several right answers would pass.
+    let task = task_of(TaskType::Abduction, "def f(x):\n    return x * 2", "3").await;
+    let mut stateful = task.clone();
+    stateful.program = "def f(x, c=[0]):\n    c[0] += 1\n    return x * 2 * c[0]".into();
+    let answers = vec![answer("3"); 4];
+    for t in [&task, &stateful] {
+        let verdicts = reward::judge(sandbox(), t, &answers).await;
+        assert!(verdicts.iter().all(Verdict::is_correct), "{verdicts:?}");
+    }
+}
+
+#[tokio::test]
+async fn only_plain_literals_can_match() {
+    let deduction = task_of(TaskType::Deduction, "def f(x):\n    return x + 1", "1").await;
+    let answers = [
+        answer("2"),
+        answer("().__class__.__base__.__subclasses__() and 2"),
+        answer("int('2')"),
+        answer("x"),
+    ];
+    let correct: Vec<bool> = reward::judge(sandbox(), &deduction, &answers)
+        .await
+        .iter()
+        .map(Verdict::is_correct)
+        .collect();
+    assert_eq!(correct, [true, false, true, false]);
+
+    let parsed = parse::inputs_proposal(&inputs_text(&["[1]", "[2]", "[3]", "[4]"])).unwrap();
+    let induction = validate::induction_task(
+        sandbox(),
+        "def f(xs):\n    return [2 * x for x in sorted(xs)]",
+        &parsed,
+        4,
+    )
+    .await
+    .unwrap();
+    let always_equal = "class Any:\n    def __eq__(self, other):\n        return True\n    def __repr__(self):\n        return '[2]'\ndef f(xs):\n    return Any()";
+    let subclass = "class L(list):\n    def __eq__(self, other):\n        return True\ndef f(xs):\n    return L()";
+    let answers = [
+        answer(&format!("```python\n{always_equal}\n```")),
+        answer(&format!("```python\n{subclass}\n```")),
+    ];
+    let verdicts = reward::judge(sandbox(), &induction, &answers).await;
+    assert!(verdicts.iter().all(|v| !v.is_correct()), "{verdicts:?}");
+    // Nor can such a value become a gold output.
+    let rejection = propose(TaskType::Deduction, &proposal(always_equal, "[1]"))
+        .await
+        .unwrap_err();
+    assert_eq!(rejection.kind(), "not_round_trip");
 }
 
 fn answer(body: &str) -> String {
@@ -168,7 +247,7 @@ async fn deduction_answers_are_judged_as_python_values() {
     assert_eq!(verdicts[4], Verdict::Malformed(ParseError::NoThinkEnd));
     let config = RewardConfig::default();
     let rewards: Vec<f32> = verdicts.iter().map(|v| v.reward(&config)).collect();
-    assert_eq!(rewards, [1.0, 1.0, 1.0, 0.0, -1.0]);
+    assert_eq!(rewards, [1.0, 1.0, 1.0, -0.5, -1.0]);
 }
 
 #[tokio::test]
@@ -203,7 +282,7 @@ async fn induction_answers_must_reproduce_the_hidden_outputs() {
         sandbox(),
         "def f(xs):\n    return [2 * x for x in sorted(xs)]",
         &parsed,
-        2,
+        4,
     )
     .await
     .unwrap();
@@ -248,7 +327,6 @@ async fn seeding_adds_the_identity_tasks_once() {
         .iter()
         .all(|t| t.origin == Origin::Seed && t.step == 0));
     assert_eq!(tasks[0].task.examples[0].output, "'Hello world'");
-    assert!(tasks[2].task.shown >= 1 && !tasks[2].task.hidden_examples().is_empty());
 }
 
 #[tokio::test]
@@ -264,7 +342,7 @@ async fn duplicates_are_caught_on_normalised_programs() {
     let b = task_of(
         TaskType::Deduction,
         "def f(x):\n    return (x + 1)  # same",
-        "5",
+        "1",
     )
     .await;
     assert_eq!(a.normalized, b.normalized);
@@ -275,26 +353,12 @@ async fn duplicates_are_caught_on_normalised_programs() {
         buffer.insert(&b, 1, Origin::Proposer, &[]).unwrap(),
         Inserted::Duplicate(id)
     );
-}
-
-#[tokio::test]
-async fn seeding_from_base_model_proposals_keeps_the_valid_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let buffer = Buffer::open(&dir.path().join("buffer.sqlite")).unwrap();
-    let completions = vec![
-        proposal(SORT_WORDS, "'b aa', 1"),
-        proposal(SORT_WORDS, "'c dd', 1"),
-        proposal("import os\ndef f(x):\n    return x", "1"),
-        "I would write a function that...".to_string(),
-    ];
-    let report = seed::seed_from_proposals(&buffer, sandbox(), TaskType::Deduction, &completions)
-        .await
-        .unwrap();
-    assert_eq!((report.added, report.rejected), (1, 3));
-    let stats = buffer.stats().unwrap();
-    let reasons: Vec<&str> = stats.rejections.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(reasons, ["banned_import", "duplicate", "format"]);
-    assert_eq!(buffer.tasks(None).unwrap()[0].origin, Origin::Seed);
+    // The same program with another input is a new task.
+    let c = task_of(TaskType::Deduction, "def f(x):\n    return x + 1", "5").await;
+    assert!(matches!(
+        buffer.insert(&c, 1, Origin::Proposer, &[]).unwrap(),
+        Inserted::New(_)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,14 +88,20 @@ fn duplicates_are_found_by_type_and_key() {
     let Inserted::New(id) = buffer.insert(&t, 1, Origin::Proposer, &[]).unwrap() else {
         panic!()
     };
-    // Same normalised program, other input: a duplicate for deduction.
-    let other_input = task(TaskType::Deduction, "def f(a):\n    return a", "2");
+    // Same normalised program and input: a duplicate.
+    let again = task(TaskType::Deduction, "def f(a):\n    return a", " 1");
     assert_eq!(
+        buffer.insert(&again, 2, Origin::Proposer, &[]).unwrap(),
+        Inserted::Duplicate(id)
+    );
+    // Same program, other input: another task (AZR keys by program and input).
+    let other_input = task(TaskType::Deduction, "def f(a):\n    return a", "2");
+    assert!(matches!(
         buffer
             .insert(&other_input, 2, Origin::Proposer, &[])
             .unwrap(),
-        Inserted::Duplicate(id)
-    );
+        Inserted::New(_)
+    ));
     // The same program is a different task for another type.
     let abduction = task(TaskType::Abduction, "def f(a):\n    return a", "1");
     assert!(matches!(

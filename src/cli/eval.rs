@@ -120,6 +120,7 @@ pub fn run(args: EvalArgs, config: &Config) -> anyhow::Result<ExitCode> {
                 top_p: args.top_p,
                 seed: args.seed,
                 stop: args.bench.stop(),
+                stop_after: None,
                 bf16_decode: config.run.bf16_decode,
             };
             let generator = Generator {

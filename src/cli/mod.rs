@@ -5,6 +5,7 @@ mod eval;
 mod model;
 mod sandbox;
 mod selfplay;
+mod tasks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Look at the tasks a run proposed: stats, list, show, export.
     #[command(subcommand)]
     Buffer(buffer::BufferCommand),
+    /// Check proposals and answers by hand, exactly as self-play does: validate, judge.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCommand),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -76,6 +80,10 @@ pub struct ReportArgs {
     /// Where to write the PNGs (default: DIR/report).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// One point per N steps, pooling their counts (accuracy = correct / answers over the N
+    /// steps); 1 plots every step.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub every: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,13 +174,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(cmd) => model::run(cmd),
         Command::Report(args) => {
             let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
-            for file in azr::report::write(&args.run, &out)? {
+            for file in azr::report::write(&args.run, &out, args.every)? {
                 println!("{}", file.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => model::generate(args),
         Command::Buffer(cmd) => buffer::run(cmd, &config),
+        Command::Tasks(cmd) => tasks::run(cmd, &config),
         Command::Eval(args) => eval::run(args, &config),
         Command::Bench(BenchCommand::Generate(opts)) => {
             let dir = bench_model(&opts.model, opts.random_weights)?;

@@ -142,6 +142,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         top_p: args.top_p,
         seed: args.seed,
         stop: Vec::new(),
+        stop_after: None,
         bf16_decode: args.bf16_decode,
     };
     let started = std::time::Instant::now();

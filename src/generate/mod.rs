@@ -47,6 +47,10 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Text that ends a completion (kept out of the returned text).
     pub stop: Vec<String>,
+    /// When set, a stop string counts only after the first occurrence of this text (self-play
+    /// stops at `</answer>` only once the reasoning has closed with `</think>`).
+    #[serde(default)]
+    pub stop_after: Option<String>,
     /// Decode steps multiply bf16 copies of f32 weights, taken at the start of the call,
     /// where the CPU has AVX-512 (ignored elsewhere): about 1.3x the tokens per second, with
     /// log-probs within bf16 rounding of the f32 model's.
@@ -62,6 +66,7 @@ impl Default for GenerateConfig {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            stop_after: None,
             bf16_decode: false,
         }
     }
@@ -176,8 +181,7 @@ fn generate_using(
                 g.finish = Finish::Eos;
                 continue;
             }
-            let text = tokenizer.decode(&g.tokens);
-            if config.stop.iter().any(|s| text.contains(s.as_str())) {
+            if stop_at(&tokenizer.decode(&g.tokens), config).is_some() {
                 g.finish = Finish::Stop;
                 continue;
             }
@@ -207,17 +211,27 @@ fn generate_using(
     }
     for g in &mut out {
         let text = tokenizer.decode(&g.tokens);
-        g.text = match config
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
+        g.text = match stop_at(&text, config) {
             Some(cut) if g.finish == Finish::Stop => text[..cut].to_string(),
             _ => text,
         };
     }
     Ok(out)
+}
+
+/// Where `text` ends: the start of the first stop string (after `stop_after`, when set).
+fn stop_at(text: &str, config: &GenerateConfig) -> Option<usize> {
+    let from = match &config.stop_after {
+        Some(marker) => text.find(marker.as_str())? + marker.len(),
+        None => 0,
+    };
+    let rest = &text[from..];
+    let cut = config
+        .stop
+        .iter()
+        .filter_map(|s| rest.find(s.as_str()))
+        .min()?;
+    Some(from + cut)
 }
 
 /// Runs the prompts through the model into `cache` and returns each row's next-token logits

@@ -129,6 +129,7 @@ fn assert_sampled_log_probs_match_a_full_forward_pass(prompts: &[Vec<u32>], bf16
         top_p: 0.9,
         seed: 3,
         stop: vec![],
+        stop_after: None,
         bf16_decode,
     };
     let tolerance = if bf16_decode { 3e-2 } else { 1e-4 };
@@ -268,4 +269,25 @@ fn greedy_generation_on_the_gpu_matches_the_cpu() {
             assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", c.logprobs, g.logprobs);
         }
     }
+}
+
+#[test]
+fn stop_strings_count_only_after_the_marker() {
+    let config = GenerateConfig {
+        stop: vec!["</answer>".into()],
+        stop_after: Some("</think>".into()),
+        ..GenerateConfig::default()
+    };
+    // Reasoning that mentions the closing tag goes on; the first one after </think> ends it.
+    assert_eq!(stop_at("I'll write </answer> later", &config), None);
+    let text = "says </answer></think><answer>1</answer> more</answer>";
+    assert_eq!(
+        &text[..stop_at(text, &config).unwrap()],
+        "says </answer></think><answer>1"
+    );
+    let anywhere = GenerateConfig {
+        stop_after: None,
+        ..config
+    };
+    assert_eq!(stop_at("a </answer>", &anywhere), Some(2));
 }

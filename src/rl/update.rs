@@ -61,7 +61,7 @@ impl Default for UpdateConfig {
             micro_batch: 4,
             pass_tokens: 1600,
             epochs: 1,
-            temperature: 1.0,
+            temperature: 0.7,
             entropy_coef: 0.0,
         }
     }

@@ -18,6 +18,9 @@ pub struct CheckRequest {
     pub expected: Option<Vec<String>>,
     /// Name of the function to call.
     pub entry: String,
+    /// Call `f` a second time on each input, in the state the first call left, and report a
+    /// different result as [`CallResult::Stateful`] (validation; judging leaves it off).
+    pub repeat: bool,
 }
 
 impl CheckRequest {
@@ -28,7 +31,14 @@ impl CheckRequest {
             inputs,
             expected: None,
             entry: "f".into(),
+            repeat: false,
         }
+    }
+
+    /// Also call `f` twice per input in one program state and flag results that change.
+    pub fn repeated(mut self) -> Self {
+        self.repeat = true;
+        self
     }
 
     /// Also compare each result with an expected expression.
@@ -98,6 +108,12 @@ pub enum CallResult {
     },
     ReprTooLong {
         length: usize,
+    },
+    /// Called again on the same input in the same program state, `f` returned another value:
+    /// it keeps state between calls (a mutable default, a global).
+    Stateful {
+        first: String,
+        second: String,
     },
     /// This call's run was stopped by a limit.
     Stopped {
@@ -177,6 +193,10 @@ enum Event {
         error: String,
         #[serde(default)]
         length: usize,
+        #[serde(default)]
+        first: String,
+        #[serde(default)]
+        second: String,
     },
     Compare {
         index: usize,
@@ -219,6 +239,8 @@ fn call_result(event: Event) -> Option<(usize, CallResult)> {
         matches,
         error,
         length,
+        first,
+        second,
     } = event
     else {
         return None;
@@ -232,6 +254,7 @@ fn call_result(event: Event) -> Option<(usize, CallResult)> {
         },
         "raised" => CallResult::Raised { error },
         "bad_input" => CallResult::BadInput { error },
+        "stateful" => CallResult::Stateful { first, second },
         _ => CallResult::ReprTooLong { length },
     };
     Some((index, result))
@@ -271,8 +294,9 @@ impl Sandbox {
         first
     }
 
-    /// Compares pairs of Python expressions as values (`eval(a) == eval(b)`, else exact text).
-    /// A comparison that cannot finish within the limits counts as unequal.
+    /// Compares pairs of Python literal expressions as values: equal when both parse as plain
+    /// literals (no names, attributes or calls beyond set()/frozenset()/float() and the like)
+    /// and `a == b`. A comparison that cannot finish within the limits counts as unequal.
     pub async fn compare(&self, pairs: &[(String, String)]) -> Vec<bool> {
         let mut equal = Vec::with_capacity(pairs.len());
         while equal.len() < pairs.len() {
@@ -313,6 +337,7 @@ impl Sandbox {
                 "expected": req.expected.as_ref().map(|e| &e[start.min(e.len())..]),
                 "banned": self.config().banned_modules,
                 "perturb": perturb,
+                "repeat": req.repeat,
             });
             let run = self.execute(self.harness_invocation(&request, seed)).await;
             elapsed += run.elapsed;

@@ -8,12 +8,20 @@
 //! 2. The proposer's learnability comes from the same n solver samples the solver is trained
 //!    on (new proposals are solved first each step), not from a separate Monte-Carlo pass.
 //! 3. An unlearnable task earns 0 by default (the paper's rule); AZR's code gives -0.5
-//!    (`reward.unlearnable`). A duplicate proposal counts as invalid (format penalty).
-//! 4. Steps run their phases one after another; validation runs concurrently within its phase
+//!    (`reward.unlearnable`). A proposal duplicating a buffered task (same program and
+//!    input) is not stored and earns the unlearnable reward; AZR keeps duplicates.
+//! 4. Induction inputs must be distinct (AZR only requires them to run), and any number at
+//!    least `min_induction_examples` is accepted (AZR takes exactly its N).
+//! 5. The cold start seeds `selfplay.seed_tasks` per type (AZR: 256). Like AZR's seeding it
+//!    reads the code and input blocks of the whole completion, frame or not.
+//! 6. A completion that ends its turn (end-of-sequence) with `<answer>` open after `</think>`
+//!    counts as closed there; AZR needs the closing tag.
+//! 7. Steps run their phases one after another; validation runs concurrently within its phase
 //!    but does not yet overlap generation.
-//! 5. There is no RNG state to checkpoint: each step's draws are seeded by (seed, step), so a
+//! 8. There is no RNG state to checkpoint: each step's draws are seeded by (seed, step), so a
 //!    resumed run draws what an uninterrupted one would.
 
+mod cold_start;
 pub mod policy;
 pub mod run_dir;
 mod step;
@@ -245,7 +253,7 @@ async fn validate(
     })
 }
 
-/// AZR's seeds, plus `seed_proposals` base-model proposals per type when asked.
+/// AZR's identity seeds, then the cold start's base-model seed tasks.
 async fn seed_buffer(
     config: &Config,
     policy: &Policy,
@@ -253,32 +261,20 @@ async fn seed_buffer(
     buffer: &Buffer,
 ) -> Result<(), SelfplayError> {
     seed::seed(buffer, sandbox).await?;
-    let n = config.selfplay.seed_proposals;
-    if n == 0 {
-        return Ok(());
-    }
-    let banned = &config.sandbox.banned_modules;
-    for task_type in [
-        crate::tasks::TaskType::Deduction,
-        crate::tasks::TaskType::Abduction,
-    ] {
-        let prompt = policy.render(&crate::tasks::prompts::propose_program(
-            task_type,
-            &[],
-            banned,
-        ))?;
-        let sampling = step::sampling_config(
-            config,
-            config.selfplay.propose_tokens,
-            checkpoint::step_seed(config.run.seed, 0),
+    let proposer = step::Proposer {
+        config,
+        policy,
+        sandbox,
+        buffer,
+        framed: false,
+    };
+    let report = cold_start::seed(&proposer).await?;
+    if report.proposals.iter().sum::<usize>() > 0 {
+        tracing::info!(
+            proposals = ?report.proposals,
+            valid = ?report.valid,
+            "cold start done: the buffer holds selfplay.seed_tasks of every type"
         );
-        let texts: Vec<String> = policy
-            .sample(&vec![prompt; n], &sampling, config.selfplay.generate_batch)?
-            .iter()
-            .map(step::with_stop)
-            .collect();
-        let report = seed::seed_from_proposals(buffer, sandbox, task_type, &texts).await?;
-        tracing::info!(%task_type, added = report.added, rejected = report.rejected, "seeded from base-model proposals");
     }
     Ok(())
 }

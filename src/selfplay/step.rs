@@ -20,8 +20,9 @@ use crate::tasks::reward::{self, learnability, SolveRate};
 use crate::tasks::validate::{self, Rejection};
 use crate::tasks::{parse, prompts, Role, Task, TaskType};
 
-/// Both roles end their answer with this tag; generation stops there.
-pub(crate) const STOP: &str = "</answer>";
+/// Both roles end their answer with this tag; generation stops at the first one after
+/// `</think>`.
+pub(crate) const STOP: &str = parse::ANSWER_END;
 
 /// Everything a step needs.
 pub struct Step<'a> {
@@ -60,6 +61,8 @@ pub struct StepMetrics {
     pub mean_proposal_tokens: f64,
     pub mean_answer_tokens: f64,
     pub buffer_size: usize,
+    /// Invalid proposals of the step by reason (`Rejection::kind`), all types together.
+    pub rejections: std::collections::BTreeMap<String, usize>,
     pub deduction: TypeMetrics,
     pub abduction: TypeMetrics,
     pub induction: TypeMetrics,
@@ -96,61 +99,160 @@ pub fn group_of(task_type: TaskType, role: Role) -> u64 {
     t * 2 + u64::from(role == Role::Solver)
 }
 
+/// The GRPO group of a proposer rollout. Solver rollouts are grouped by task (0..tasks, the
+/// n samples of one prompt); each proposer prompt is sampled once, so a group per prompt would
+/// give every proposer advantage 0. Proposers of one type share a group instead: a per-type
+/// baseline, as TRR++ has.
+pub(crate) fn proposer_prompt_group(solver_groups: usize, task_type: TaskType) -> u64 {
+    (solver_groups + group_of(task_type, Role::Proposer) as usize) as u64
+}
+
 #[derive(Clone)]
-struct Proposal {
-    task_type: TaskType,
+pub(crate) struct Proposal {
+    pub task_type: TaskType,
     prompt: Vec<u32>,
     parents: Vec<i64>,
     /// Induction: the buffer program the inputs are for.
     program: Option<String>,
 }
 
-/// A prompt's tokens for a proposal, with its lineage.
-fn proposal_prompts(s: &mut Step) -> Result<Vec<Proposal>, SelfplayError> {
-    let c = &s.config.selfplay;
-    let banned = &s.config.sandbox.banned_modules;
-    let mut out = Vec::new();
-    // Each type's tasks are read from the buffer once per step, not once per proposal.
-    let mut pools = HashMap::new();
-    for t in [TaskType::Deduction, TaskType::Abduction] {
-        pools.insert(t, s.buffer.references(t)?);
-    }
-    for task_type in TaskType::ALL {
-        for i in 0..c.propose_batch {
-            let proposal = match task_type {
-                TaskType::Induction => {
-                    // The program comes from the deduction/abduction buffers, alternately.
-                    let source = [TaskType::Deduction, TaskType::Abduction][i % 2];
-                    let picked = pools[&source].draw(1, c.reference_weighting, s.rng);
-                    let Some(from) = picked.first() else { continue };
-                    Proposal {
-                        task_type,
-                        prompt: s.policy.render(&prompts::propose_inputs(
-                            &from.task.program,
-                            c.induction_inputs,
-                            banned,
-                        ))?,
-                        parents: vec![from.id],
-                        program: Some(from.task.program.clone()),
-                    }
-                }
-                _ => {
-                    let refs = pools[&task_type].draw(c.references, c.reference_weighting, s.rng);
-                    let tasks: Vec<Task> = refs.iter().map(|r| r.task.clone()).collect();
-                    Proposal {
-                        task_type,
-                        prompt: s
-                            .policy
-                            .render(&prompts::propose_program(task_type, &tasks, banned))?,
-                        parents: refs.iter().map(|r| r.id).collect(),
-                        program: None,
-                    }
-                }
-            };
-            out.push(proposal);
+/// What proposing needs; shared by the steps and the cold start.
+#[derive(Clone, Copy)]
+pub(crate) struct Proposer<'a> {
+    pub config: &'a Config,
+    pub policy: &'a Policy,
+    pub sandbox: &'a Sandbox,
+    pub buffer: &'a Buffer,
+    /// Whether a proposal must keep the R1 frame. AZR's seeding reads the blocks of the
+    /// whole completion; training rewards only framed proposals.
+    pub framed: bool,
+}
+
+/// Proposals generated and validated.
+pub(crate) struct Proposed {
+    pub proposals: Vec<Proposal>,
+    pub completions: Vec<Generation>,
+    pub validated: Vec<Result<Task, Rejection>>,
+    pub generate_seconds: f64,
+    /// Waiting for validation after the last batch was generated.
+    pub sandbox_seconds: f64,
+}
+
+impl Proposer<'_> {
+    /// `counts[t]` prompts for each type t (in [`TaskType::ALL`] order), each with references
+    /// drawn from the buffer, or for induction a program from it; the lineage is kept.
+    pub fn prompts(
+        &self,
+        counts: [usize; 3],
+        rng: &mut StdRng,
+    ) -> Result<Vec<Proposal>, SelfplayError> {
+        let c = &self.config.selfplay;
+        let banned = &self.config.sandbox.banned_modules;
+        let mut out = Vec::new();
+        // Each type's tasks are read from the buffer once per call, not once per proposal.
+        let mut pools = HashMap::new();
+        for t in [TaskType::Deduction, TaskType::Abduction] {
+            pools.insert(t, self.buffer.references(t)?);
         }
+        for (task_type, count) in TaskType::ALL.into_iter().zip(counts) {
+            for i in 0..count {
+                let proposal = match task_type {
+                    TaskType::Induction => {
+                        // The program comes from the deduction/abduction buffers, alternately.
+                        let source = [TaskType::Deduction, TaskType::Abduction][i % 2];
+                        let picked = pools[&source].draw(1, c.reference_weighting, rng);
+                        let Some(from) = picked.first() else { continue };
+                        Proposal {
+                            task_type,
+                            prompt: self.policy.render(&prompts::propose_inputs(
+                                &from.task.program,
+                                c.induction_inputs,
+                                banned,
+                            ))?,
+                            parents: vec![from.id],
+                            program: Some(from.task.program.clone()),
+                        }
+                    }
+                    _ => {
+                        let refs = pools[&task_type].draw(c.references, c.reference_weighting, rng);
+                        let tasks: Vec<Task> = refs.iter().map(|r| r.task.clone()).collect();
+                        Proposal {
+                            task_type,
+                            prompt: self
+                                .policy
+                                .render(&prompts::propose_program(task_type, &tasks, banned))?,
+                            parents: refs.iter().map(|r| r.id).collect(),
+                            program: None,
+                        }
+                    }
+                };
+                out.push(proposal);
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// Generates a completion per proposal and validates each batch in the sandbox while the
+    /// next one generates.
+    pub async fn propose(
+        &self,
+        proposals: Vec<Proposal>,
+        sampling: &GenerateConfig,
+    ) -> Result<Proposed, SelfplayError> {
+        let t = Instant::now();
+        let prompt_tokens: Vec<Vec<u32>> = proposals.iter().map(|p| p.prompt.clone()).collect();
+        let shared = Arc::new(self.config.clone());
+        let mut checks = Vec::with_capacity(proposals.len());
+        let completions = self.policy.sample_with(
+            &prompt_tokens,
+            sampling,
+            self.config.selfplay.generate_batch,
+            |start, batch| {
+                for (p, g) in proposals[start..].iter().zip(batch) {
+                    let (sandbox, config, p) = (self.sandbox.clone(), shared.clone(), p.clone());
+                    let text = with_stop(g);
+                    let framed = self.framed;
+                    checks.push(tokio::spawn(async move {
+                        validate_one(&sandbox, &config, &p, &text, framed).await
+                    }));
+                }
+            },
+        )?;
+        let generate_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let validated = joined(checks).await?;
+        Ok(Proposed {
+            proposals,
+            completions,
+            validated,
+            generate_seconds,
+            sandbox_seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Stores a validated proposal: its new task's id, or why it made none (recorded).
+    pub fn store(
+        &self,
+        step: i64,
+        origin: Origin,
+        p: &Proposal,
+        completion: &Generation,
+        validated: Result<Task, Rejection>,
+    ) -> Result<Result<i64, Rejection>, SelfplayError> {
+        let outcome =
+            validated.and_then(
+                |task| match self.buffer.insert(&task, step, origin, &p.parents) {
+                    Ok(Inserted::New(id)) => Ok(id),
+                    Ok(Inserted::Duplicate(_)) => Err(Rejection::Duplicate),
+                    Err(e) => Err(Rejection::Definition(format!("buffer: {e}"))),
+                },
+            );
+        if let Err(rejection) = &outcome {
+            self.buffer
+                .record_rejection(step, p.task_type, rejection, &with_stop(completion))?;
+        }
+        Ok(outcome)
+    }
 }
 
 async fn validate_one(
@@ -158,20 +260,26 @@ async fn validate_one(
     config: &Config,
     p: &Proposal,
     text: &str,
+    framed: bool,
 ) -> Result<Task, Rejection> {
+    let body = match parse::frame(text) {
+        Ok(f) => f.answer,
+        Err(e) if framed => return Err(e.into()),
+        Err(_) => text,
+    };
     match &p.program {
         Some(program) => {
-            let parsed = parse::inputs_proposal(text)?;
+            let parsed = parse::inputs_blocks(body)?;
             validate::induction_task(
                 sandbox,
                 program,
                 &parsed,
-                config.selfplay.min_induction_examples,
+                config.selfplay.induction_minimum(),
             )
             .await
         }
         None => {
-            let parsed = parse::program_proposal(text)?;
+            let parsed = parse::program_blocks(body)?;
             validate::program_task(sandbox, p.task_type, &parsed).await
         }
     }
@@ -185,7 +293,8 @@ fn sampling(s: &Step, max_new_tokens: usize, salt: u64) -> GenerateConfig {
     )
 }
 
-/// Sampling for either role: the configured temperature and top-p, stopping at `</answer>`.
+/// Sampling for either role: the configured temperature and top-p, stopping at the first
+/// `</answer>` after `</think>`.
 pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64) -> GenerateConfig {
     GenerateConfig {
         max_new_tokens,
@@ -193,6 +302,7 @@ pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64)
         top_p: config.selfplay.top_p,
         seed,
         stop: vec![STOP.into()],
+        stop_after: Some(parse::THINK_END.into()),
         bf16_decode: config.run.bf16_decode,
     }
 }
@@ -220,57 +330,37 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
         ..Default::default()
     };
 
-    // 1. Propose.
-    let proposals = proposal_prompts(s)?;
-    // 2. Validate in the sandbox, each batch while the next one generates; valid tasks go
-    // into the buffer. `sandbox_seconds` counts only the wait after generation.
+    // 1. Propose, and 2. validate in the sandbox; valid tasks go into the buffer.
+    let proposer = Proposer {
+        config,
+        policy: s.policy,
+        sandbox,
+        buffer: s.buffer,
+        framed: true,
+    };
+    let proposals = proposer.prompts([c.propose_batch; 3], s.rng)?;
+    let Proposed {
+        proposals,
+        completions: proposed,
+        validated,
+        generate_seconds,
+        sandbox_seconds,
+    } = proposer
+        .propose(proposals, &sampling(s, c.propose_tokens, 1))
+        .await?;
+    m.generate_seconds += generate_seconds;
     let t = Instant::now();
-    let prompt_tokens: Vec<Vec<u32>> = proposals.iter().map(|p| p.prompt.clone()).collect();
-    let shared = Arc::new(config.clone());
-    let mut checks = Vec::with_capacity(proposals.len());
-    let proposed = s.policy.sample_with(
-        &prompt_tokens,
-        &sampling(s, c.propose_tokens, 1),
-        c.generate_batch,
-        |start, batch| {
-            for (p, g) in proposals[start..].iter().zip(batch) {
-                let (sandbox, config, p) = (sandbox.clone(), shared.clone(), p.clone());
-                let text = with_stop(g);
-                checks.push(tokio::spawn(async move {
-                    validate_one(&sandbox, &config, &p, &text).await
-                }));
-            }
-        },
-    )?;
-    m.generate_seconds += t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let validated = joined(checks).await?;
-    let mut new_task: Vec<Option<i64>> = Vec::with_capacity(proposals.len());
+    let mut new_task: Vec<Result<i64, Rejection>> = Vec::with_capacity(proposals.len());
     for ((p, g), result) in proposals.iter().zip(&proposed).zip(validated) {
         m.of(p.task_type).proposals += 1;
-        let outcome = result.and_then(|task| {
-            match s
-                .buffer
-                .insert(&task, s.step as i64, Origin::Proposer, &p.parents)
-            {
-                Ok(Inserted::New(id)) => Ok(id),
-                Ok(Inserted::Duplicate(_)) => Err(Rejection::Duplicate),
-                Err(e) => Err(Rejection::Definition(format!("buffer: {e}"))),
-            }
-        });
-        match outcome {
-            Ok(id) => {
-                m.of(p.task_type).valid_proposals += 1;
-                new_task.push(Some(id));
-            }
-            Err(rejection) => {
-                s.buffer
-                    .record_rejection(s.step as i64, p.task_type, &rejection, &with_stop(g))?;
-                new_task.push(None);
-            }
+        let outcome = proposer.store(s.step as i64, Origin::Proposer, p, g, result)?;
+        match &outcome {
+            Ok(_) => m.of(p.task_type).valid_proposals += 1,
+            Err(rejection) => *m.rejections.entry(rejection.kind().into()).or_default() += 1,
         }
+        new_task.push(outcome);
     }
-    m.sandbox_seconds += t.elapsed().as_secs_f64();
+    m.sandbox_seconds += sandbox_seconds + t.elapsed().as_secs_f64();
 
     // 3. Solve: a batch of tasks per type, unseen (so this step's new ones) first, n samples each.
     let mut tasks: Vec<StoredTask> = Vec::new();
@@ -341,9 +431,9 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
         }
     }
     let mut learn_sum: HashMap<TaskType, f64> = HashMap::new();
-    for (k, ((p, g), id)) in proposals.iter().zip(&proposed).zip(&new_task).enumerate() {
+    for ((p, g), id) in proposals.iter().zip(&proposed).zip(&new_task) {
         let reward = match id {
-            Some(id) => {
+            Ok(id) => {
                 let rate = SolveRate {
                     successes: solved.get(id).copied().unwrap_or(0),
                     samples: c.samples,
@@ -354,7 +444,10 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
                 *learn_sum.entry(p.task_type).or_default() += r as f64;
                 r
             }
-            None => rewards.format_penalty,
+            // A valid task the buffer already holds teaches nothing new: unlearnable, but
+            // not a broken proposal.
+            Err(Rejection::Duplicate) => rewards.unlearnable,
+            Err(_) => rewards.format_penalty,
         };
         rollouts.push(rollout(
             &p.prompt,
@@ -362,7 +455,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
             reward,
             p.task_type,
             Role::Proposer,
-            (tasks.len() + k) as u64,
+            proposer_prompt_group(tasks.len(), p.task_type),
         ));
     }
     for task_type in TaskType::ALL {
@@ -393,11 +486,20 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     Ok(m)
 }
 
-/// The completion as the model wrote it: generation stops at `</answer>` and cuts the stop
-/// string off, so it is put back for the format check.
+/// The completion as the format check reads it: generation stops at `</answer>` and cuts the
+/// stop string off, so it is put back; a turn the model ends (end-of-sequence) with its answer
+/// open is closed there too. Small instruct models end their turn right after the answer's
+/// last block about as often as they write the tag.
 pub(crate) fn with_stop(g: &Generation) -> String {
+    let open_answer = || {
+        g.text.find(parse::THINK_END).is_some_and(|end| {
+            let after = &g.text[end..];
+            after.contains("<answer>") && !after.contains(STOP)
+        })
+    };
     match g.finish {
         Finish::Stop => format!("{}{STOP}", g.text),
+        Finish::Eos if open_answer() => format!("{}{STOP}", g.text),
         _ => g.text.clone(),
     }
 }
@@ -418,5 +520,60 @@ fn rollout(
         reward,
         task_group: group_of(task_type, role),
         prompt_group,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::advantage::{advantages, Estimator};
+
+    fn generation(text: &str, finish: Finish) -> Generation {
+        Generation {
+            tokens: Vec::new(),
+            text: text.into(),
+            logprobs: Vec::new(),
+            finish,
+        }
+    }
+
+    #[test]
+    fn the_end_of_the_turn_closes_an_open_answer() {
+        let open = "plan</think>\n<answer>\n```input\n1\n```\n";
+        let closed = format!("{open}</answer>");
+        assert_eq!(with_stop(&generation(open, Finish::Stop)), closed);
+        assert_eq!(with_stop(&generation(open, Finish::Eos)), closed);
+        // Cut off by the token limit, or never opened: left as written (a format failure).
+        assert_eq!(with_stop(&generation(open, Finish::Length)), open);
+        let unopened = "plan</think> and then";
+        assert_eq!(with_stop(&generation(unopened, Finish::Eos)), unopened);
+        assert!(
+            parse::value_answer(&with_stop(&generation("t</think><answer>42", Finish::Eos)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn proposers_learn_under_every_estimator() {
+        // Two solver tasks of 2 samples each, then 2 proposals per type.
+        let mut rewards = vec![1.0, -0.5, -0.5, -0.5];
+        let mut prompts = vec![0, 0, 1, 1];
+        let mut types = vec![group_of(TaskType::Deduction, Role::Solver); 4];
+        for t in TaskType::ALL {
+            rewards.extend([-1.0, 0.5]);
+            prompts.extend([proposer_prompt_group(2, t); 2]);
+            types.extend([group_of(t, Role::Proposer); 2]);
+        }
+        let solver_groups: std::collections::HashSet<u64> = prompts[..4].iter().copied().collect();
+        assert!(prompts[4..].iter().all(|g| !solver_groups.contains(g)));
+        for estimator in [Estimator::TrrPlusPlus, Estimator::Grpo, Estimator::DrGrpo] {
+            let a = advantages(estimator, &rewards, &types, &prompts);
+            for (i, pair) in a[4..].chunks(2).enumerate() {
+                assert!(
+                    pair[0] < 0.0 && pair[1] > 0.0,
+                    "{estimator:?}, type {i}: {pair:?}"
+                );
+            }
+        }
     }
 }

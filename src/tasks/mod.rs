@@ -102,15 +102,10 @@ impl Task {
         &self.examples[self.shown.min(self.examples.len())..]
     }
 
-    /// The key duplicates are found by: the normalised program, plus the inputs for induction
-    /// (one program may carry several induction tasks with different inputs).
+    /// The key duplicates are found by: the normalised program and its inputs. One program
+    /// makes different tasks with different inputs, in every type.
     pub fn dedupe_key(&self) -> String {
-        match self.task_type {
-            TaskType::Induction => {
-                let inputs: Vec<&str> = self.examples.iter().map(|e| e.input.trim()).collect();
-                format!("{}\n#inputs {}", self.normalized, inputs.join(" | "))
-            }
-            _ => self.normalized.clone(),
-        }
+        let inputs: Vec<&str> = self.examples.iter().map(|e| e.input.trim()).collect();
+        format!("{}\n#inputs {}", self.normalized, inputs.join(" | "))
     }
 }

@@ -20,52 +20,79 @@ the answer is enclosed within <answer> </answer> tags, i.e., <think> reasoning p
 </think> <answer> answer here </answer>.";
 
 const CODE_RULES: &str = "Rules for the program:
-- It defines a function `f` that takes at least one argument and returns a value; helper \
-functions may be nested inside `f` or defined before it.
-- It is deterministic: the same input always gives the same output. No randomness, no time or \
-date, no printing, no reading or writing files, no network.
+- It defines a function `f` that takes at least one argument and returns a value. Helper \
+functions and classes may be defined before `f` or nested inside it; standard-library imports \
+go at the top.
+- It is deterministic and pure: the same input always gives the same output, also when `f` is \
+called twice. No randomness, no time or date, no printing, no files, no network, no state kept \
+between calls.
 - It does not import any of these modules: {banned}.
 - Inputs and outputs are Python literals: numbers, strings, booleans, None, and lists, tuples, \
 dicts and sets of them.
 - An input is written as the arguments of the call: `'abc', [1, 2]` means f('abc', [1, 2]).";
 
-const PROPOSE_PROGRAM: &str = "## Task: create a new {kind} exercise
-Write a Python program and one input for it, such that {goal} is a challenging but solvable \
-reasoning exercise. Prefer programs whose behaviour needs several steps of careful reasoning \
-to trace, over long or obscure ones.
+const PROPOSE_PROGRAM: &str = "## Task: invent a new {kind} exercise
+Design a Python program and one input for it. A solver will see {solver_sees} and must \
+{solver_task}. Your exercise is judged on three things:
+- It runs: the program is valid and returns for your input within a few seconds.
+- It takes real reasoning: to {solver_task} without running the code, the solver must follow \
+several steps of logic, keep track of changing state (counters, lists, dicts, loop variables) \
+or combine a few operations. Trivial programs score low, and so do long ones that are only \
+tedious.
+- It is new: different in idea and in structure from the existing exercises shown below, not \
+a copy with other names or numbers.
 
 {rules}
 
-{references}Answer with the program and the input, in this format:
+{references}Plan inside <think> </think> first: pick an idea, sketch the program, choose an \
+input that goes through its interesting paths, and check that the program works on it. Then \
+give the program and the input inside <answer> </answer>, each in its fenced block, like \
+this (with your own program and input):
+<think>
+YOUR PLAN
+</think>
 <answer>
 ```python
-def f(...):
+def f(words, k):
     ...
 ```
 ```input
-ARGUMENTS
+['apple', 'kiwi', 'fig'], 2
 ```
 </answer>";
 
-const PROPOSE_INPUTS: &str = "## Task: propose inputs and a message for a program
-Here is a program:
+const PROPOSE_INPUTS: &str = "## Task: turn a program into a program-writing exercise
+A solver will have to write this program without seeing it, from some of your inputs with \
+the outputs `f` gives for them, and from your message:
 ```python
 {program}
 ```
-Write {n} different inputs for `f` that together reveal what it does, and a short message \
-that hints at what `f` computes without giving away its code. Someone will see some of the \
-inputs with their outputs, plus your message, and must write `f`.
+Write {n} inputs for `f` and a message.
+- The inputs are all different and together cover what `f` does: typical cases, edge cases \
+and each branch of its logic, so that the shown ones pin its behaviour down and the hidden ones \
+test it.
+- Every input is valid: `f` returns a value for it, without an error.
+- The message helps without giving the code away: describe in words what `f` computes, or ask \
+the question it answers.
 
 {rules}
 
-Answer in this format, with {n} input blocks:
+Plan the inputs inside <think> </think> first. Then give them inside <answer> </answer>, each \
+in its own fenced input block ({n} blocks), then the message in a fenced message block, like \
+this (with your own inputs and message):
+<think>
+YOUR PLAN
+</think>
 <answer>
 ```input
-ARGUMENTS
+[4, 1, 3], 'x'
 ```
-...
+```input
+[], 'y'
+```
+(... {n} input blocks in all ...)
 ```message
-MESSAGE
+YOUR MESSAGE
 ```
 </answer>";
 
@@ -106,13 +133,34 @@ def f(...):
 ```
 </answer>";
 
-/// Fills `{name}` placeholders.
+/// Fills `{name}` placeholders in one pass over the template: values go in as they are and
+/// are never scanned again, so a program that contains `{input}` reaches the solver unchanged.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    values
-        .iter()
-        .fold(template.to_string(), |text, (name, value)| {
-            text.replace(&format!("{{{name}}}"), value)
-        })
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (close, *v))
+        });
+        match value {
+            Some((close, value)) => {
+                out.push_str(value);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn rules(banned: &[String]) -> String {
@@ -144,7 +192,7 @@ fn references_text(references: &[Task]) -> String {
         .enumerate()
         .map(|(i, t)| {
             format!(
-                "### Existing task {}\n```python\n{}\n```\n{}",
+                "### Existing exercise {}\n```python\n{}\n```\n{}",
                 i + 1,
                 t.program,
                 examples_text(t.shown_examples())
@@ -152,22 +200,26 @@ fn references_text(references: &[Task]) -> String {
         })
         .collect();
     format!(
-        "Existing tasks follow; make yours different from all of them:\n\n{}\n\n",
+        "Existing exercises (make yours different from all of them):\n\n{}\n\n",
         shown.join("\n\n")
     )
 }
 
 /// Prompt for proposing a deduction or abduction task, with K reference tasks.
 pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[String]) -> ChatPrompt {
-    let goal = match task_type {
-        TaskType::Abduction => "finding an input that produces the program's output",
-        _ => "predicting the program's output for the input",
+    let (solver_sees, solver_task) = match task_type {
+        TaskType::Abduction => (
+            "the program and the output it gives for your input",
+            "find an input that produces that output",
+        ),
+        _ => ("the program and your input", "predict the output"),
     };
     chat(fill(
         PROPOSE_PROGRAM,
         &[
             ("kind", task_type.as_str()),
-            ("goal", goal),
+            ("solver_sees", solver_sees),
+            ("solver_task", solver_task),
             ("rules", &rules(banned)),
             ("references", &references_text(references)),
         ],
@@ -250,7 +302,8 @@ mod tests {
         for p in &prompts {
             for name in [
                 "{kind}",
-                "{goal}",
+                "{solver_sees}",
+                "{solver_task}",
                 "{rules}",
                 "{references}",
                 "{banned}",
@@ -265,9 +318,25 @@ mod tests {
             }
             assert!(p.system.contains("<think>") && p.system.contains("<answer>"));
         }
-        assert!(prompts[0].user.contains("Existing task 1"));
+        assert!(prompts[0].user.contains("Existing exercise 1"));
         assert!(prompts[0].user.contains("os, random"));
-        assert!(prompts[2].user.contains("10 different inputs"));
+        assert!(prompts[2].user.contains("Write 10 inputs"));
+    }
+
+    #[test]
+    fn values_are_inserted_as_written_never_substituted_again() {
+        let mut t = task(TaskType::Deduction);
+        t.program = "def f(a):\n    return '{input} {output} {n} {program}'.format(a)".into();
+        t.examples.truncate(1);
+        for task_type in [TaskType::Deduction, TaskType::Abduction] {
+            t.task_type = task_type;
+            let p = solve(&t, &[]);
+            assert!(p.user.contains(&t.program), "{}", p.user);
+        }
+        let inputs = propose_inputs(&t.program, 3, &[]);
+        assert!(inputs.user.contains(&t.program), "{}", inputs.user);
+        assert_eq!(fill("{a}{b}", &[("a", "{b}"), ("b", "x")]), "{b}x");
+        assert_eq!(fill("{ {a} }", &[("a", "1")]), "{ 1 }");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (any input that works counts), induction when its program reproduces every hidden output.
 //! The proposer earns learnability: `1 - rate` when the solver's Monte-Carlo success rate is
 //! strictly between 0 and 1, else `unlearnable` (0 in the paper; AZR's code uses -0.5).
-//! A malformed completion or an invalid proposal earns `format_penalty` in either role.
+//! A malformed completion or an invalid proposal earns `format_penalty` in either role, a
+//! well-formatted wrong answer `wrong_answer` (-0.5, as in the paper's composite reward).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +19,8 @@ pub struct RewardConfig {
     /// Reward for a completion that breaks the format, in either role, and for an invalid
     /// proposal.
     pub format_penalty: f32,
-    /// Solver reward for a well-formatted wrong answer (r_solve = 0 in the paper's eq. 5).
+    /// Solver reward for a well-formatted wrong answer: -0.5, the paper's composite reward
+    /// (eq. 6) and AZR's code.
     pub wrong_answer: f32,
     /// Proposer reward for a valid task that the solver always or never solved. The paper's rule
     /// is 0; AZR's released code gives -0.5.
@@ -29,7 +31,7 @@ impl Default for RewardConfig {
     fn default() -> Self {
         Self {
             format_penalty: -1.0,
-            wrong_answer: 0.0,
+            wrong_answer: -0.5,
             unlearnable: 0.0,
         }
     }
@@ -247,7 +249,7 @@ mod tests {
     fn verdict_rewards() {
         let config = RewardConfig::default();
         assert_eq!(Verdict::Correct.reward(&config), 1.0);
-        assert_eq!(Verdict::Wrong(String::new()).reward(&config), 0.0);
+        assert_eq!(Verdict::Wrong(String::new()).reward(&config), -0.5);
         assert_eq!(
             Verdict::Malformed(ParseError::NoThinkEnd).reward(&config),
             -1.0

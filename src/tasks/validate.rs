@@ -1,7 +1,8 @@
 //! Validation of proposals in the sandbox. A proposal becomes a [`Task`] only when its program
 //! parses, defines `f` with at least one argument, imports nothing banned, runs within limits,
-//! returns a value whose repr round-trips, prints nothing, and gives the same result in two
-//! fresh runs. Outputs are always computed by running the program, never taken from the model.
+//! returns a plain literal whose repr round-trips, prints nothing, gives the same result in two
+//! fresh runs, and gives it again when called a second time in the same process (no state
+//! kept between calls). Outputs are always computed by running the program, never taken from the model.
 
 use serde::Serialize;
 
@@ -33,14 +34,18 @@ pub enum Rejection {
     Stopped(Outcome),
     #[error("results differ between two runs: {0}")]
     Nondeterministic(String),
-    #[error("the output {0} does not survive eval(repr(x)) == x")]
+    #[error("f keeps state between calls: called twice on the same input it returned {0}")]
+    Stateful(String),
+    #[error("the output {0} is not a plain literal that survives eval(repr(x)) == x")]
     NotRoundTrip(String),
     #[error("the output's repr is {0} characters long")]
     OutputTooLong(usize),
     #[error("f prints")]
     Prints,
-    #[error("only {valid} valid distinct inputs, {needed} needed")]
+    #[error("{valid} inputs, {needed} needed")]
     TooFewExamples { valid: usize, needed: usize },
+    #[error("the input {0} is given more than once")]
+    RepeatedInput(String),
     #[error("the message is empty")]
     EmptyMessage,
     #[error("duplicate of an existing task")]
@@ -61,10 +66,12 @@ impl Rejection {
             Rejection::Raised(_) => "raised",
             Rejection::Stopped(_) => "stopped",
             Rejection::Nondeterministic(_) => "nondeterministic",
+            Rejection::Stateful(_) => "stateful",
             Rejection::NotRoundTrip(_) => "not_round_trip",
             Rejection::OutputTooLong(_) => "output_too_long",
             Rejection::Prints => "prints",
             Rejection::TooFewExamples { .. } => "too_few_examples",
+            Rejection::RepeatedInput(_) => "repeated_input",
             Rejection::EmptyMessage => "empty_message",
             Rejection::Duplicate => "duplicate",
         }
@@ -106,6 +113,9 @@ fn valid_output(call: CallResult) -> Result<String, Rejection> {
         CallResult::BadInput { error } => Err(Rejection::BadInput(error)),
         CallResult::ReprTooLong { length } => Err(Rejection::OutputTooLong(length)),
         CallResult::Stopped { outcome } => Err(Rejection::Stopped(outcome)),
+        CallResult::Stateful { first, second } => {
+            Err(Rejection::Stateful(format!("{first} then {second}")))
+        }
         CallResult::Nondeterministic { first, second } => {
             Err(Rejection::Nondeterministic(format!("{first} vs {second}")))
         }
@@ -118,7 +128,8 @@ pub async fn program_task(
     task_type: TaskType,
     proposal: &ProgramProposal,
 ) -> Result<Task, Rejection> {
-    let request = CheckRequest::new(proposal.program.clone(), vec![proposal.input.clone()]);
+    let request =
+        CheckRequest::new(proposal.program.clone(), vec![proposal.input.clone()]).repeated();
     let report = sandbox.check_deterministic(&request).await;
     let (arity, normalized) = program_ok(report.program)?;
     if arity < 1 {
@@ -143,9 +154,9 @@ pub async fn program_task(
     })
 }
 
-/// Validates an induction proposal for `program` (taken from the buffer): keeps the valid,
-/// distinct inputs, computes their outputs, and shows the first half (rounded up), hiding the
-/// rest as tests. Needs at least `min_examples` valid inputs (at least 2: one shown, one hidden).
+/// Validates an induction proposal for `program` (taken from the buffer), as AZR does: every
+/// input must be distinct and give a valid output, and there must be at least `min_examples`
+/// of them. The first floor(n/2) examples are shown to the solver, the rest are hidden tests.
 pub async fn induction_task(
     sandbox: &Sandbox,
     program: &str,
@@ -155,34 +166,41 @@ pub async fn induction_task(
     if proposal.message.trim().is_empty() {
         return Err(Rejection::EmptyMessage);
     }
-    let mut inputs: Vec<String> = Vec::new();
-    for input in &proposal.inputs {
-        if !inputs.iter().any(|seen| seen == input.trim()) {
-            inputs.push(input.trim().to_string());
-        }
-    }
-    let report = sandbox
-        .check_deterministic(&CheckRequest::new(program, inputs.clone()))
-        .await;
-    let (_, normalized) = program_ok(report.program)?;
-    let mut examples: Vec<Example> = Vec::new();
-    for (input, call) in inputs.into_iter().zip(report.calls) {
-        if let Ok(output) = valid_output(call) {
-            examples.push(Example { input, output });
+    let inputs: Vec<String> = proposal
+        .inputs
+        .iter()
+        .map(|i| i.trim().to_string())
+        .collect();
+    for (i, input) in inputs.iter().enumerate() {
+        if inputs[..i].contains(input) {
+            return Err(Rejection::RepeatedInput(input.clone()));
         }
     }
     let needed = min_examples.max(2);
-    if examples.len() < needed {
+    if inputs.len() < needed {
         return Err(Rejection::TooFewExamples {
-            valid: examples.len(),
+            valid: inputs.len(),
             needed,
         });
     }
+    let request = CheckRequest::new(program, inputs.clone()).repeated();
+    let report = sandbox.check_deterministic(&request).await;
+    let (_, normalized) = program_ok(report.program)?;
+    let examples = inputs
+        .into_iter()
+        .zip(report.calls)
+        .map(|(input, call)| {
+            Ok(Example {
+                input,
+                output: valid_output(call)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Rejection>>()?;
     Ok(Task {
         task_type: TaskType::Induction,
         program: program.to_string(),
         normalized,
-        shown: examples.len().div_ceil(2),
+        shown: examples.len() / 2,
         examples,
         message: Some(proposal.message.trim().to_string()),
     })

@@ -37,6 +37,7 @@ fn train_step(model: &Model, optimizer: &mut AdamW, step: u64) {
         top_p: 1.0,
         seed: step_seed(SEED, step),
         stop: vec![],
+        stop_after: None,
         bf16_decode: false,
     };
     let rollouts: Vec<Rollout> = generate(model, &Digits, &prompts, &sampling)
@@ -59,6 +60,7 @@ fn train_step(model: &Model, optimizer: &mut AdamW, step: u64) {
         &rollouts,
         &UpdateConfig {
             micro_batch: 2,
+            temperature: sampling.temperature,
             ..Default::default()
         },
     )

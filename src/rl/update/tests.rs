@@ -1,6 +1,9 @@
 use candle_core::{DType, Device};
 
 use super::*;
+
+/// The temperature these tests sample rollouts at (and so train at).
+const SAMPLED_AT: f32 = 1.0;
 use crate::generate::{generate, Digits, GenerateConfig};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::rl::advantage::advantages;
@@ -40,6 +43,7 @@ fn learn(estimator: Estimator) -> (f32, f32) {
         },
     );
     let config = UpdateConfig {
+        temperature: SAMPLED_AT,
         estimator,
         micro_batch: 5,
         ..Default::default()
@@ -53,6 +57,7 @@ fn learn(estimator: Estimator) -> (f32, f32) {
             top_p: 1.0,
             seed: step,
             stop: vec![],
+            stop_after: None,
             bf16_decode: false,
         };
         let out = generate(&model, &Digits, &prompts, &sampling).unwrap();
@@ -121,6 +126,7 @@ fn micro_batching_does_not_change_the_update() {
             })
             .collect();
         let config = UpdateConfig {
+            temperature: SAMPLED_AT,
             micro_batch,
             pass_tokens,
             ..Default::default()
@@ -165,6 +171,7 @@ fn passes_keep_a_prompts_completions_together_within_their_limits() {
     let live = [0, 1, 2, 3, 4];
     let plan = |micro_batch, pass_tokens| {
         let config = UpdateConfig {
+            temperature: SAMPLED_AT,
             micro_batch,
             pass_tokens,
             ..Default::default()
@@ -240,7 +247,10 @@ fn clipped_loss_gradient_matches_finite_differences_through_the_model() {
     )
     .unwrap();
     let rollouts = fixed_rollouts();
-    let config = UpdateConfig::default();
+    let config = UpdateConfig {
+        temperature: SAMPLED_AT,
+        ..Default::default()
+    };
     let grads = batch_loss(&model, &rollouts, &config).backward().unwrap();
     let eval = || {
         batch_loss(&model, &rollouts, &config)
@@ -293,7 +303,10 @@ fn metrics_cover_groups_entropy_and_memory() {
         &model,
         &mut optimizer,
         &fixed_rollouts(),
-        &UpdateConfig::default(),
+        &UpdateConfig {
+            temperature: SAMPLED_AT,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(m.groups.len(), 2);
@@ -335,7 +348,10 @@ fn weights(model: &Model) -> Vec<f64> {
 /// Weights, loss and gradient norm after `update`, and after one AdamW step on the gradient of
 /// the whole batch's loss (zero-advantage rollouts included), from the same start.
 fn updated_both_ways(rollouts: &[Rollout]) -> [(Vec<f64>, f64, f64); 2] {
-    let config = UpdateConfig::default();
+    let config = UpdateConfig {
+        temperature: SAMPLED_AT,
+        ..Default::default()
+    };
     let (model, mut optimizer) = start();
     let m = update(&model, &mut optimizer, rollouts, &config).unwrap();
     let (reference, mut reference_optimizer) = start();
@@ -370,7 +386,10 @@ fn zero_advantage_rollouts_are_left_out_without_changing_the_update() {
     // Group 1's rewards are all 0, so its advantages are 0; group 0 keeps +-.
     let mut rollouts = fixed_rollouts();
     rollouts[3].reward = 0.0;
-    let config = UpdateConfig::default();
+    let config = UpdateConfig {
+        temperature: SAMPLED_AT,
+        ..Default::default()
+    };
     let (model, mut optimizer) = start();
     let m = update(&model, &mut optimizer, &rollouts, &config).unwrap();
     assert_eq!((m.tokens, m.trained_tokens), (12, 6));
@@ -407,6 +426,7 @@ fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
             },
         );
         let config = UpdateConfig {
+            temperature: SAMPLED_AT,
             entropy_coef: coef,
             ..Default::default()
         };
@@ -430,6 +450,7 @@ fn the_entropy_bonus_pushes_entropy_the_way_its_sign_says() {
 #[test]
 fn the_kl_penalty_needs_reference_log_probs_and_holds_the_policy_near_the_reference() {
     let config = |kl_coef| UpdateConfig {
+        temperature: SAMPLED_AT,
         loss: crate::rl::loss::LossConfig {
             kl_coef,
             ..Default::default()
@@ -506,6 +527,7 @@ fn an_update_on_the_gpu_matches_the_cpu() {
         top_p: 1.0,
         seed: 9,
         stop: vec![],
+        stop_after: None,
         bf16_decode: false,
     };
     let rollouts: Vec<Rollout> = generate(&cpu_model, &Digits, &prompts, &sampling)
@@ -523,6 +545,7 @@ fn an_update_on_the_gpu_matches_the_cpu() {
         })
         .collect();
     let config = UpdateConfig {
+        temperature: SAMPLED_AT,
         micro_batch: 2,
         ..Default::default()
     };
