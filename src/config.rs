@@ -101,11 +101,27 @@ pub struct SelfplayConfig {
     pub top_p: f32,
     /// Sequences generated in one batch.
     pub generate_batch: usize,
-    /// The cold start: valid base-model tasks per type in the buffer before step 1 (0 = only
-    /// the identity seeds).
-    pub seed_tasks: usize,
+    /// The cold start: tasks per type the buffer holds before step 1, the identity seeds
+    /// included (1 or 0 = only the identity seed).
+    pub seed_tasks: SeedTasks,
     /// The cold start's budget: proposals per type before it gives up with an error.
     pub seed_attempts: usize,
+}
+
+/// `selfplay.seed_tasks`: the cold start's target per task type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTasks {
+    pub deduction: usize,
+    pub abduction: usize,
+    pub induction: usize,
+}
+
+impl SeedTasks {
+    /// The targets in [`crate::tasks::TaskType::ALL`] order.
+    pub fn per_type(&self) -> [usize; 3] {
+        [self.deduction, self.abduction, self.induction]
+    }
 }
 
 impl SelfplayConfig {
@@ -130,7 +146,11 @@ impl Default for SelfplayConfig {
             temperature: 0.7,
             top_p: 1.0,
             generate_batch: 8,
-            seed_tasks: 3,
+            seed_tasks: SeedTasks {
+                deduction: 3,
+                abduction: 3,
+                induction: 1,
+            },
             seed_attempts: 64,
         }
     }

@@ -206,7 +206,10 @@ fn a_cold_start_that_cannot_fill_the_buffer_stops_with_a_clear_error() {
     let text_of = std::fs::read_to_string(smoke()).unwrap();
     std::fs::write(
         &config,
-        text_of.replace("seed_tasks = 0", "seed_tasks = 2\nseed_attempts = 3"),
+        text_of.replace(
+            "seed_tasks = { deduction = 0, abduction = 0, induction = 0 }",
+            "seed_tasks = { deduction = 2, abduction = 2, induction = 2 }\nseed_attempts = 3",
+        ),
     )
     .unwrap();
     let run = dir.path().join("run");

@@ -1,9 +1,11 @@
 //! The cold start, as AZR does it: before step 1, the base model proposes tasks of every type
-//! (the identity seeds and the growing seed set as references) until each type has
-//! `selfplay.seed_tasks` valid ones, so the first steps draw on real references and induction
+//! (the identity seeds and the growing seed set as references) until each type has its
+//! `selfplay.seed_tasks`, so the first steps draw on real references and induction
 //! on real programs. Proposals are validated as in the steps, except that, as in AZR's
 //! seeding, the code and input blocks count wherever they are (the frame is what training
 //! teaches), and stored as seeds of step 0; a budget of `selfplay.seed_attempts` proposals per type ends it with a clear error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{rngs::StdRng, SeedableRng};
@@ -22,20 +24,27 @@ pub struct ColdStart {
 }
 
 /// Seeds the buffer until every type holds `seed_tasks` tasks (a resumed cold start counts
-/// what the buffer already has). Returns what it proposed.
-pub async fn seed(proposer: &Proposer<'_>) -> Result<ColdStart, SelfplayError> {
+/// what the buffer already has), or until `stop` is set between rounds (Ctrl-C: the seeds so
+/// far stay, and `--resume` goes on from them). Returns what it proposed.
+pub async fn seed(proposer: &Proposer<'_>, stop: &AtomicBool) -> Result<ColdStart, SelfplayError> {
     let c = &proposer.config.selfplay;
-    let target = c.seed_tasks;
+    let target = c.seed_tasks.per_type();
     let mut report = ColdStart::default();
-    let held = |t: TaskType| proposer.buffer.count(t).map(|n| n.min(target));
+    let held = |slot: usize| {
+        proposer
+            .buffer
+            .count(TaskType::ALL[slot])
+            .map(|n| n.min(target[slot]))
+    };
     let mut have = [0; 3];
-    for (slot, t) in TaskType::ALL.into_iter().enumerate() {
-        have[slot] = held(t)?;
+    for slot in 0..3 {
+        have[slot] = held(slot)?;
     }
-    if have.iter().all(|&n| n >= target) {
+    if (0..3).all(|slot| have[slot] >= target[slot]) {
         return Ok(report);
     }
-    let bar = ProgressBar::with_draw_target(Some(3 * target as u64), ProgressDrawTarget::stderr());
+    let total: usize = target.iter().sum();
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("cold start {bar:30} {pos}/{len} seed tasks, {elapsed} {msg}")
             .expect("valid template"),
@@ -48,12 +57,16 @@ pub async fn seed(proposer: &Proposer<'_>) -> Result<ColdStart, SelfplayError> {
         let mut counts = [0; 3];
         for slot in 0..3 {
             let left = c.seed_attempts.saturating_sub(report.proposals[slot]);
-            if have[slot] < target {
+            if have[slot] < target[slot] {
                 counts[slot] = left.min(c.generate_batch);
             }
         }
         if counts.iter().all(|&n| n == 0) {
             break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            bar.finish_and_clear();
+            return Ok(report);
         }
         let proposals = proposer.prompts(counts, &mut rng)?;
         let sampling = sampling_config(
@@ -74,19 +87,17 @@ pub async fn seed(proposer: &Proposer<'_>) -> Result<ColdStart, SelfplayError> {
                 report.valid[slot] += 1;
             }
         }
-        for (slot, t) in TaskType::ALL.into_iter().enumerate() {
-            have[slot] = held(t)?;
+        for slot in 0..3 {
+            have[slot] = held(slot)?;
         }
         let line = progress_line(&report);
         bar.set_message(line.clone());
         tracing::info!(round, "cold start: {line}");
     }
     bar.finish_and_clear();
-    let short: Vec<String> = TaskType::ALL
-        .into_iter()
-        .zip(have)
-        .filter(|(_, n)| *n < target)
-        .map(|(t, n)| format!("{t} {n}/{target}"))
+    let short: Vec<String> = (0..3)
+        .filter(|&slot| have[slot] < target[slot])
+        .map(|slot| format!("{} {}/{}", TaskType::ALL[slot], have[slot], target[slot]))
         .collect();
     if !short.is_empty() {
         return Err(SelfplayError::Config(format!(

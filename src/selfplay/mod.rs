@@ -134,7 +134,7 @@ pub async fn run(
         dir: base.clone(),
     };
     if done == 0 {
-        seed_buffer(config, &policy, &sandbox, &buffer).await?;
+        seed_buffer(config, &policy, &sandbox, &buffer, &stop).await?;
     }
     // The KL reference is the starting model, held in bf16 (half the policy's memory).
     let reference = match config.rl.loss.kl_coef != 0.0 {
@@ -259,6 +259,7 @@ async fn seed_buffer(
     policy: &Policy,
     sandbox: &Sandbox,
     buffer: &Buffer,
+    stop: &AtomicBool,
 ) -> Result<(), SelfplayError> {
     seed::seed(buffer, sandbox).await?;
     let proposer = step::Proposer {
@@ -268,12 +269,12 @@ async fn seed_buffer(
         buffer,
         framed: false,
     };
-    let report = cold_start::seed(&proposer).await?;
+    let report = cold_start::seed(&proposer, stop).await?;
     if report.proposals.iter().sum::<usize>() > 0 {
         tracing::info!(
             proposals = ?report.proposals,
             valid = ?report.valid,
-            "cold start done: the buffer holds selfplay.seed_tasks of every type"
+            "cold start done: the buffer holds selfplay.seed_tasks"
         );
     }
     Ok(())

@@ -68,6 +68,7 @@ the outputs `f` gives for them, and from your message:
 {program}
 ```
 Write {n} inputs for `f` and a message.
+- Each input is the arguments of one call `{call}`, as Python literals.
 - The inputs are all different and together cover what `f` does: typical cases, edge cases \
 and each branch of its logic, so that the shown ones pin its behaviour down and the hidden ones \
 test it.
@@ -77,20 +78,13 @@ the question it answers.
 
 {rules}
 
-Plan the inputs inside <think> </think> first. Then give them inside <answer> </answer>, each \
-in its own fenced input block ({n} blocks), then the message in a fenced message block, like \
-this (with your own inputs and message):
+Plan the inputs inside <think> </think> first. Then give them inside <answer> </answer>: \
+{n} fenced input blocks, one input each, then the message in a fenced message block:
 <think>
 YOUR PLAN
 </think>
 <answer>
-```input
-[4, 1, 3], 'x'
-```
-```input
-[], 'y'
-```
-(... {n} input blocks in all ...)
+{input_blocks}
 ```message
 YOUR MESSAGE
 ```
@@ -227,15 +221,34 @@ pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[Strin
 }
 
 /// Prompt for proposing `n` inputs and a message for a program from the buffer (induction).
+/// The answer's shape is spelled out block by block: a 0.5B model asked for "n blocks" wrote
+/// two, and copied any concrete example input it was shown.
 pub fn propose_inputs(program: &str, n: usize, banned: &[String]) -> ChatPrompt {
+    let blocks: Vec<String> = (1..=n)
+        .map(|i| format!("```input\nINPUT {i}\n```"))
+        .collect();
     chat(fill(
         PROPOSE_INPUTS,
         &[
             ("program", program),
             ("n", &n.to_string()),
+            ("call", &call_shape(program)),
+            ("input_blocks", &blocks.join("\n")),
             ("rules", &rules(banned)),
         ],
     ))
+}
+
+/// `f(a, b)` as the program defines it (its first `def f(` line), else `f(...)`.
+fn call_shape(program: &str) -> String {
+    program
+        .lines()
+        .find_map(|line| {
+            let params = line.trim_start().strip_prefix("def f(")?;
+            let end = params.rfind(')')?;
+            Some(format!("f({})", &params[..end]))
+        })
+        .unwrap_or_else(|| "f(...)".into())
 }
 
 /// Prompt for solving a task of any type.
@@ -313,6 +326,8 @@ mod tests {
                 "{output}",
                 "{message}",
                 "{examples}",
+                "{call}",
+                "{input_blocks}",
             ] {
                 assert!(!p.user.contains(name), "{name} left in:\n{}", p.user);
             }
@@ -335,6 +350,8 @@ mod tests {
         }
         let inputs = propose_inputs(&t.program, 3, &[]);
         assert!(inputs.user.contains(&t.program), "{}", inputs.user);
+        assert!(inputs.user.contains("one call `f(a)`"), "{}", inputs.user);
+        assert!(inputs.user.contains("INPUT 3") && !inputs.user.contains("INPUT 4"));
         assert_eq!(fill("{a}{b}", &[("a", "{b}"), ("b", "x")]), "{b}x");
         assert_eq!(fill("{ {a} }", &[("a", "1")]), "{ 1 }");
     }
