@@ -30,16 +30,15 @@ pub async fn seed(proposer: &Proposer<'_>, stop: &AtomicBool) -> Result<ColdStar
     let c = &proposer.config.selfplay;
     let target = c.seed_tasks.per_type();
     let mut report = ColdStart::default();
-    let held = |slot: usize| {
-        proposer
-            .buffer
-            .count(TaskType::ALL[slot])
-            .map(|n| n.min(target[slot]))
+    // Tasks per type in the buffer, counted up to the target.
+    let held = || -> Result<[usize; 3], SelfplayError> {
+        let mut have = [0; 3];
+        for ((n, t), goal) in have.iter_mut().zip(TaskType::ALL).zip(target) {
+            *n = proposer.buffer.count(t)?.min(goal);
+        }
+        Ok(have)
     };
-    let mut have = [0; 3];
-    for slot in 0..3 {
-        have[slot] = held(slot)?;
-    }
+    let mut have = held()?;
     if (0..3).all(|slot| have[slot] >= target[slot]) {
         return Ok(report);
     }
@@ -87,9 +86,7 @@ pub async fn seed(proposer: &Proposer<'_>, stop: &AtomicBool) -> Result<ColdStar
                 report.valid[slot] += 1;
             }
         }
-        for slot in 0..3 {
-            have[slot] = held(slot)?;
-        }
+        have = held()?;
         let line = progress_line(&report);
         bar.set_message(line.clone());
         tracing::info!(round, "cold start: {line}");
