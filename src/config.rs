@@ -341,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn nucleus_sampling_is_refused_for_training() {
+        for top_p in [0.9, 0.0, 1.5, f32::NAN] {
+            let mut config = Config::default();
+            config.selfplay.top_p = top_p;
+            let err = config.check_combinations().unwrap_err();
+            assert!(err.contains("top_p"), "{top_p}: {err}");
+        }
+    }
+
+    #[test]
     fn zero_timeout_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
