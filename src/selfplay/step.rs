@@ -16,7 +16,7 @@ use crate::generate::{Finish, GenerateConfig, Generation};
 use crate::rl::optim::AdamW;
 use crate::rl::update::{self, Rollout, UpdateMetrics};
 use crate::sandbox::Sandbox;
-use crate::tasks::reward::{self, learnability, SolveRate};
+use crate::tasks::reward::{self, learnability, RateError, RewardConfig, SolveRate};
 use crate::tasks::validate::{self, Rejection};
 use crate::tasks::{parse, prompts, Role, Task, TaskType};
 
@@ -97,6 +97,22 @@ pub fn group_of(task_type: TaskType, role: Role) -> u64 {
         .position(|x| *x == task_type)
         .unwrap_or(0) as u64;
     t * 2 + u64::from(role == Role::Solver)
+}
+
+/// The proposer's reward: learnability for a new task (from its solve rate), the unlearnable
+/// reward for a duplicate (a valid task the buffer already holds teaches nothing new, but it
+/// is not broken), the format penalty for anything invalid.
+fn proposer_reward(
+    outcome: &Result<i64, Rejection>,
+    rate: Option<&SolveRate>,
+    rewards: &RewardConfig,
+) -> Result<f32, RateError> {
+    match (outcome, rate) {
+        (Ok(_), Some(rate)) => learnability(rate, rewards),
+        (Ok(_), None) => Err(RateError::NoSamples),
+        (Err(Rejection::Duplicate), _) => Ok(rewards.unlearnable),
+        (Err(_), _) => Ok(rewards.format_penalty),
+    }
 }
 
 /// The GRPO group of a proposer rollout. Solver rollouts are grouped by task (0..tasks, the
@@ -431,24 +447,17 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
         }
     }
     let mut learn_sum: HashMap<TaskType, f64> = HashMap::new();
-    for ((p, g), id) in proposals.iter().zip(&proposed).zip(&new_task) {
-        let reward = match id {
-            Ok(id) => {
-                let rate = SolveRate {
-                    successes: solved.get(id).copied().unwrap_or(0),
-                    samples: c.samples,
-                    temperature: c.temperature,
-                };
-                let r = learnability(&rate, &rewards)
-                    .map_err(|e| SelfplayError::Config(e.to_string()))?;
-                *learn_sum.entry(p.task_type).or_default() += r as f64;
-                r
-            }
-            // A valid task the buffer already holds teaches nothing new: unlearnable, but
-            // not a broken proposal.
-            Err(Rejection::Duplicate) => rewards.unlearnable,
-            Err(_) => rewards.format_penalty,
-        };
+    for ((p, g), outcome) in proposals.iter().zip(&proposed).zip(&new_task) {
+        let rate = outcome.as_ref().ok().map(|id| SolveRate {
+            successes: solved.get(id).copied().unwrap_or(0),
+            samples: c.samples,
+            temperature: c.temperature,
+        });
+        let reward = proposer_reward(outcome, rate.as_ref(), &rewards)
+            .map_err(|e| SelfplayError::Config(e.to_string()))?;
+        if outcome.is_ok() {
+            *learn_sum.entry(p.task_type).or_default() += reward as f64;
+        }
         rollouts.push(rollout(
             &p.prompt,
             g,
@@ -551,6 +560,23 @@ mod tests {
             parse::value_answer(&with_stop(&generation("t</think><answer>42", Finish::Eos)))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_duplicate_earns_the_unlearnable_reward_not_the_format_penalty() {
+        let rewards = RewardConfig {
+            unlearnable: -0.5,
+            ..RewardConfig::default()
+        };
+        let rate = SolveRate {
+            successes: 1,
+            samples: 4,
+            temperature: 1.0,
+        };
+        let reward = |outcome| proposer_reward(&outcome, Some(&rate), &rewards).unwrap();
+        assert_eq!(reward(Ok(7)), 0.75);
+        assert_eq!(reward(Err(Rejection::Duplicate)), -0.5);
+        assert_eq!(reward(Err(Rejection::MissingFunction)), -1.0);
     }
 
     #[test]
