@@ -141,11 +141,6 @@ def equal_values(value, text):
         return False
 
 
-def round_trips(value, shown):
-    """A literal with eval(repr(value)) == value, strictly: NaN and objects do not."""
-    return equal_values(value, shown)
-
-
 class CappedSink:
     """Stands in for sys.stdout while f runs: counts what it prints, keeps nothing."""
 
@@ -244,7 +239,9 @@ def run_calls(req, nonce):
             event.update(status="stateful", first=shown, second=again[:max_repr])
         else:
             event.update(status="value", repr=shown, printed=printed or printed_at_definition > 0,
-                         roundtrips=round_trips(value, shown))
+                         # eval(repr(value)) == value for a plain literal; NaN and
+                         # objects never round-trip.
+                         roundtrips=equal_values(value, shown))
             if expected is not None:
                 event["matches"] = equal_values(value, expected[index])
         emit(nonce, event)

@@ -80,7 +80,7 @@ pub async fn seed(proposer: &Proposer<'_>, stop: &AtomicBool) -> Result<ColdStar
             ..
         } = proposer.propose(proposals, &sampling).await?;
         for ((p, g), result) in proposals.iter().zip(&completions).zip(validated) {
-            let slot = type_slot(p.task_type);
+            let slot = p.task_type.index();
             report.proposals[slot] += 1;
             if proposer.store(0, Origin::Seed, p, g, result)?.is_ok() {
                 report.valid[slot] += 1;
@@ -105,10 +105,6 @@ pub async fn seed(proposer: &Proposer<'_>, stop: &AtomicBool) -> Result<ColdStar
         )));
     }
     Ok(report)
-}
-
-fn type_slot(t: TaskType) -> usize {
-    TaskType::ALL.iter().position(|x| *x == t).unwrap_or(0)
 }
 
 /// "valid d/a/i 3/8 1/8 0/0" over the proposals so far.

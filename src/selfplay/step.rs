@@ -92,11 +92,7 @@ impl StepMetrics {
 
 /// TRR++'s group key: one baseline per (task type x role).
 pub fn group_of(task_type: TaskType, role: Role) -> u64 {
-    let t = TaskType::ALL
-        .iter()
-        .position(|x| *x == task_type)
-        .unwrap_or(0) as u64;
-    t * 2 + u64::from(role == Role::Solver)
+    task_type.index() as u64 * 2 + u64::from(role == Role::Solver)
 }
 
 /// The proposer's reward: learnability for a new task (from its solve rate), the unlearnable

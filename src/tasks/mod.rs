@@ -32,6 +32,11 @@ impl TaskType {
         TaskType::Induction,
     ];
 
+    /// Position in [`TaskType::ALL`]: the slot of per-type arrays and group keys.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskType::Deduction => "deduction",
@@ -107,5 +112,17 @@ impl Task {
     pub fn dedupe_key(&self) -> String {
         let inputs: Vec<&str> = self.examples.iter().map(|e| e.input.trim()).collect();
         format!("{}\n#inputs {}", self.normalized, inputs.join(" | "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskType;
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, t) in TaskType::ALL.into_iter().enumerate() {
+            assert_eq!(t.index(), i, "{t}");
+        }
     }
 }
