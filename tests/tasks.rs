@@ -146,7 +146,7 @@ async fn induction_needs_every_input_valid_and_distinct_and_hides_the_larger_hal
     assert_eq!(
         few.unwrap_err(),
         Rejection::TooFewExamples {
-            valid: 3,
+            given: 3,
             needed: 4
         }
     );

@@ -42,8 +42,8 @@ pub enum Rejection {
     OutputTooLong(usize),
     #[error("f prints")]
     Prints,
-    #[error("{valid} inputs, {needed} needed")]
-    TooFewExamples { valid: usize, needed: usize },
+    #[error("{given} inputs, {needed} needed")]
+    TooFewExamples { given: usize, needed: usize },
     #[error("the input {0} is given more than once")]
     RepeatedInput(String),
     #[error("the message is empty")]
@@ -179,7 +179,7 @@ pub async fn induction_task(
     let needed = min_examples.max(2);
     if inputs.len() < needed {
         return Err(Rejection::TooFewExamples {
-            valid: inputs.len(),
+            given: inputs.len(),
             needed,
         });
     }
