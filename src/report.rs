@@ -160,12 +160,14 @@ fn windowed(steps: &[Value], path: &[&str], window: usize) -> Vec<(f64, f64)> {
         .chunks(window.max(1))
         .filter_map(|chunk| {
             let x = chunk.last()?["step"].as_f64()?;
-            let (n, d) = chunk
+            let pairs: Vec<(f64, f64)> = chunk
                 .iter()
                 .filter_map(|s| lookup(s, path))
                 .filter(|(n, d)| n.is_finite() && d.is_finite())
-                .fold((0.0, 0.0), |(a, b), (n, d)| (a + n, b + d));
-            (d > 0.0).then(|| (x, n / d))
+                .collect();
+            let d: f64 = pairs.iter().map(|(_, d)| d).sum();
+            // Dividing before adding keeps a window of values near f64::MAX finite.
+            (d > 0.0).then(|| (x, pairs.iter().map(|(n, _)| n / d).sum()))
         })
         .collect()
 }
@@ -250,6 +252,17 @@ fn chart(
     for &(x, y) in points {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
+    // Plotters never finishes laying out ticks over a range whose span overflows to infinity,
+    // so values near f64::MAX are drawn in units of 10^k, named on the axis.
+    let top = y0.abs().max(y1.abs());
+    let (unit, y_label) = match top > 1e300 {
+        true => {
+            let k = top.log10().floor();
+            (10f64.powf(k), format!("{y_label} (x 1e{k})"))
+        }
+        false => (1.0, y_label.to_string()),
+    };
+    let (y0, y1) = (y0 / unit, y1 / unit);
     // Degenerate ranges (one step, constant values) still get a visible axis.
     let (x1, pad) = (x1.max(x0 + 1.0), ((y1 - y0) * 0.05).max(1e-3));
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
@@ -263,13 +276,13 @@ fn chart(
         .map_err(|e| e.to_string())?;
     ctx.configure_mesh()
         .x_desc("step")
-        .y_desc(y_label)
+        .y_desc(&y_label)
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (label, points)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         ctx.draw_series(LineSeries::new(
-            points.iter().copied(),
+            points.iter().map(|&(x, y)| (x, y / unit)),
             color.stroke_width(2),
         ))
         .map_err(|e| e.to_string())?
@@ -347,6 +360,30 @@ mod tests {
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{f:?} is not a PNG");
             assert!(bytes.len() > 5_000, "{f:?} is suspiciously small");
         }
+    }
+
+    /// Issue 19: a metric near f64::MAX hung the report.
+    #[test]
+    fn draws_values_near_the_largest_finite_number() {
+        let steps: Vec<Value> = [1.7e308, 1.7e308, -1.7e308]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| serde_json::json!({"step": i + 1, "buffer_size": v}))
+            .collect();
+        let points = windowed(&steps, &["buffer_size"], 2);
+        assert_eq!(points, [(2.0, 1.7e308), (3.0, -1.7e308)]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = steps.iter().map(|s| format!("{s}\n")).collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let run = dir.path().to_owned();
+        std::thread::spawn(move || done.send(write(&run, &run.join("r"), 2)));
+        let files = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the report did not finish in a minute")
+            .unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
     }
 
     #[test]
