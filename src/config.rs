@@ -3,6 +3,9 @@
 //! Every field has a default, so an empty file is a valid config; unknown keys are an error so
 //! that a typo never silently falls back to a default.
 
+use std::fmt::Display;
+use std::ops::Bound::{self, Excluded, Included, Unbounded};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -235,17 +238,23 @@ impl Config {
 
     /// Checks values that parse but cannot work.
     fn validated(self, path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
+        self.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
-        };
-        self.sandbox.limits.validate().map_err(invalid)?;
-        self.check_combinations().map_err(invalid)?;
+        })?;
         Ok(self)
     }
 
+    /// Every value in its range, and the values that must agree agreeing; the error names the
+    /// key and what it may be.
+    pub fn validate(&self) -> Result<(), String> {
+        self.sandbox.limits.validate()?;
+        self.check_combinations()?;
+        self.check_ranges()
+    }
+
     /// Values that parse but cannot work together.
-    pub fn check_combinations(&self) -> Result<(), String> {
+    fn check_combinations(&self) -> Result<(), String> {
         let s = &self.selfplay;
         if s.temperature <= 0.0 {
             return Err("selfplay.temperature must be > 0: learnability is estimated from sampled solver answers, never greedy ones".into());
@@ -265,21 +274,11 @@ impl Config {
                 s.solve_batch, s.propose_batch
             ));
         }
-        if s.propose_batch == 0
-            || s.generate_batch == 0
-            || s.propose_tokens == 0
-            || s.solve_tokens == 0
-        {
-            return Err("selfplay.propose_batch, generate_batch, propose_tokens and solve_tokens must be at least 1".into());
-        }
         if s.induction_minimum() < 2 || s.induction_inputs < s.induction_minimum() {
             return Err(format!(
                 "selfplay.induction_inputs ({}) must be at least min_induction_examples ({}), which must be at least 2 (one shown, one hidden)",
                 s.induction_inputs, s.induction_minimum()
             ));
-        }
-        if self.rl.micro_batch == 0 || self.rl.epochs == 0 {
-            return Err("rl.micro_batch and rl.epochs must be at least 1".into());
         }
         if self.run.save_every == 0 {
             return Err("run.save_every must be at least 1".into());
@@ -292,6 +291,123 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Each number within what azr can run: floats finite, counts small enough that no size
+    /// computed from them overflows.
+    fn check_ranges(&self) -> Result<(), String> {
+        let (r, s, rl, o, w) = (
+            &self.run,
+            &self.selfplay,
+            &self.rl,
+            &self.optim,
+            &self.reward,
+        );
+        // (key, value, least allowed); at most MAX_COUNT.
+        let counts = [
+            ("run.keep_checkpoints", r.keep_checkpoints, 1),
+            ("run.validate_tasks", r.validate_tasks, 1),
+            ("selfplay.propose_batch", s.propose_batch, 1),
+            ("selfplay.solve_batch", s.solve_batch, 1),
+            ("selfplay.samples", s.samples, 2),
+            ("selfplay.references", s.references, 0),
+            ("selfplay.induction_inputs", s.induction_inputs, 2),
+            ("selfplay.propose_tokens", s.propose_tokens, 1),
+            ("selfplay.solve_tokens", s.solve_tokens, 1),
+            ("selfplay.generate_batch", s.generate_batch, 1),
+            ("selfplay.seed_tasks.deduction", s.seed_tasks.deduction, 0),
+            ("selfplay.seed_tasks.abduction", s.seed_tasks.abduction, 0),
+            ("selfplay.seed_tasks.induction", s.seed_tasks.induction, 0),
+            ("selfplay.seed_attempts", s.seed_attempts, 0),
+            ("rl.micro_batch", rl.micro_batch, 1),
+            ("rl.pass_tokens", rl.pass_tokens, 0),
+            ("rl.epochs", rl.epochs, 1),
+            ("optim.warmup_steps", o.warmup_steps, 0),
+            ("optim.total_steps", o.total_steps, 0),
+        ];
+        for (key, value, min) in counts {
+            in_range(key, value, (Included(min), Included(MAX_COUNT)))?;
+        }
+        let temperature = (Excluded(0.0), Included(10.0));
+        let non_negative = (Included(0.0), Unbounded);
+        let below_one = (Included(0.0), Excluded(1.0));
+        let up_to_one = (Excluded(0.0), Included(1.0));
+        let zero_to_one = (Included(0.0), Included(1.0));
+        // A correct answer earns 1; the other rewards are on the same scale.
+        let reward = (Included(-1.0), Included(1.0));
+        let reals: [(&str, f64, (Bound<f64>, Bound<f64>)); 16] = [
+            ("selfplay.temperature", s.temperature.into(), temperature),
+            ("rl.temperature", rl.temperature.into(), temperature),
+            ("rl.entropy_coef", rl.entropy_coef, non_negative),
+            ("rl.loss.clip_low", rl.loss.clip_low.into(), below_one),
+            ("rl.loss.clip_high", rl.loss.clip_high.into(), non_negative),
+            ("rl.loss.kl_coef", rl.loss.kl_coef, non_negative),
+            ("optim.lr", o.lr, up_to_one),
+            ("optim.beta1", o.beta1, below_one),
+            ("optim.beta2", o.beta2, below_one),
+            ("optim.eps", o.eps, up_to_one),
+            ("optim.weight_decay", o.weight_decay, zero_to_one),
+            ("optim.max_grad_norm", o.max_grad_norm, non_negative),
+            ("optim.min_lr_ratio", o.min_lr_ratio, zero_to_one),
+            ("reward.format_penalty", w.format_penalty.into(), reward),
+            ("reward.wrong_answer", w.wrong_answer.into(), reward),
+            ("reward.unlearnable", w.unlearnable.into(), reward),
+        ];
+        for (key, value, (low, high)) in reals {
+            if !value.is_finite() {
+                return Err(format!(
+                    "{key} = {value} is not a finite number; it must be in {}",
+                    interval(low, high)
+                ));
+            }
+            in_range(key, value, (low, high))?;
+        }
+        let limits = &self.sandbox.limits;
+        // Output is held in memory, and the results come back on stdout.
+        let bytes = (Included(1 << 10), Included(1 << 30));
+        let workers = (Included(0), Included(1024));
+        for (key, value, range) in [
+            ("sandbox.workers", self.sandbox.workers, workers),
+            ("sandbox.limits.stdout_bytes", limits.stdout_bytes, bytes),
+            ("sandbox.limits.stderr_bytes", limits.stderr_bytes, bytes),
+        ] {
+            in_range(key, value, range)?;
+        }
+        let an_hour = (Included(1), Included(3_600_000));
+        in_range("sandbox.limits.timeout_ms", limits.timeout_ms, an_hour)
+    }
+}
+
+/// The largest count or token limit a config may give: far beyond any run, and small enough
+/// that sizes computed from it cannot overflow.
+const MAX_COUNT: usize = 1 << 24;
+
+fn in_range<T: PartialOrd + Display>(
+    key: &str,
+    value: T,
+    (low, high): (Bound<T>, Bound<T>),
+) -> Result<(), String> {
+    match (low.as_ref(), high.as_ref()).contains(&value) {
+        true => Ok(()),
+        false => Err(format!(
+            "{key} = {value} is out of range; it must be in {}",
+            interval(low, high)
+        )),
+    }
+}
+
+/// `[a, b)` and the like.
+fn interval<T: Display>(low: Bound<T>, high: Bound<T>) -> String {
+    let low = match low {
+        Included(a) => format!("[{a}"),
+        Excluded(a) => format!("({a}"),
+        Unbounded => "(-inf".into(),
+    };
+    let high = match high {
+        Included(b) => format!("{b}]"),
+        Excluded(b) => format!("{b})"),
+        Unbounded => "inf)".into(),
+    };
+    format!("{low}, {high}")
 }
 
 #[cfg(test)]
@@ -317,7 +433,7 @@ mod tests {
 
     #[test]
     fn shipped_configs_are_valid() {
-        for name in ["default", "smoke", "gpu"] {
+        for name in ["default", "smoke", "gpu", "cpu-learn"] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join(format!("configs/{name}.toml"));
             Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -328,16 +444,10 @@ mod tests {
     fn greedy_self_play_is_refused() {
         let mut config = Config::default();
         config.selfplay.temperature = 0.0;
-        assert!(config
-            .check_combinations()
-            .unwrap_err()
-            .contains("never greedy"));
+        assert!(config.validate().unwrap_err().contains("never greedy"));
         let mut config = Config::default();
         config.selfplay.solve_batch = 1;
-        assert!(config
-            .check_combinations()
-            .unwrap_err()
-            .contains("solve_batch"));
+        assert!(config.validate().unwrap_err().contains("solve_batch"));
     }
 
     #[test]
@@ -345,9 +455,76 @@ mod tests {
         for top_p in [0.9, 0.0, 1.5, f32::NAN] {
             let mut config = Config::default();
             config.selfplay.top_p = top_p;
-            let err = config.check_combinations().unwrap_err();
+            let err = config.validate().unwrap_err();
             assert!(err.contains("top_p"), "{top_p}: {err}");
         }
+    }
+
+    /// Issue 19: NaN ran as temperature 1.0, and a byte limit of u64::MAX wrapped to 0.
+    #[test]
+    fn every_number_out_of_range_is_refused_naming_the_key_and_range() {
+        let cases: [(&str, fn(&mut Config), &str); 12] = [
+            (
+                "selfplay.temperature",
+                |c| c.selfplay.temperature = f32::NAN,
+                "(0, 10]",
+            ),
+            ("rl.temperature", |c| c.rl.temperature = f32::NAN, "(0, 10]"),
+            ("optim.lr", |c| c.optim.lr = -1e-6, "(0, 1]"),
+            ("optim.beta1", |c| c.optim.beta1 = 1.0, "[0, 1)"),
+            ("optim.beta2", |c| c.optim.beta2 = f64::NAN, "[0, 1)"),
+            ("optim.eps", |c| c.optim.eps = 0.0, "(0, 1]"),
+            (
+                "reward.wrong_answer",
+                |c| c.reward.wrong_answer = f32::NAN,
+                "[-1, 1]",
+            ),
+            (
+                "reward.format_penalty",
+                |c| c.reward.format_penalty = -5.0,
+                "[-1, 1]",
+            ),
+            (
+                "rl.loss.kl_coef",
+                |c| c.rl.loss.kl_coef = f64::INFINITY,
+                "[0, inf)",
+            ),
+            (
+                "selfplay.samples",
+                |c| c.selfplay.samples = usize::MAX,
+                "[2, 16777216]",
+            ),
+            (
+                "sandbox.limits.stdout_bytes",
+                |c| c.sandbox.limits.stdout_bytes = usize::MAX,
+                "[1024, 1073741824]",
+            ),
+            (
+                "sandbox.workers",
+                |c| c.sandbox.workers = 1 << 40,
+                "[0, 1024]",
+            ),
+        ];
+        for (key, set, range) in cases {
+            let mut config = Config::default();
+            set(&mut config);
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(key) && err.contains(range), "{key}: {err}");
+        }
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_wrapping_byte_limit_in_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[sandbox.limits]\nstdout_bytes = 18446744073709551615\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("sandbox.limits.stdout_bytes"), "{err}");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn run(
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<Summary, SelfplayError> {
     let config = &opts.config;
-    config.check_combinations().map_err(SelfplayError::Config)?;
+    config.validate().map_err(SelfplayError::Config)?;
     let device = config.run.device.open()?;
     let dtype = config.run.dtype.dtype(&device);
     let dir = RunDir::new(&opts.run);
