@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 
+/// Most angles in each rotary table: 256 MiB of f32, enough for a million positions.
+const MAX_ROTARY_ANGLES: usize = 1 << 26;
+
+/// Most parameters a model may have: 2^36 (69 billion) f32 weights and two moments are 825 GB.
+const MAX_PARAMETERS: usize = 1 << 36;
+
 /// Supported architectures. A Llama model is a Qwen2 model without q/k/v biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +88,36 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// Rejects shapes the decoder cannot run.
+    /// Rejects shapes the decoder cannot run, and sizes too large to allocate, before anything
+    /// is allocated from them.
     pub fn validate(&self) -> Result<(), String> {
+        // (key, value, most allowed): far beyond any model azr can train, small enough that the
+        // sizes computed from them cannot overflow.
+        for (key, value, most) in [
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 22,
+            ),
+        ] {
+            if !(1..=most).contains(&value) {
+                return Err(format!(
+                    "{key} = {value} is out of range; it must be in [1, {most}]"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("{key} = {value} must be a finite number > 0"));
+            }
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -106,6 +140,21 @@ impl ModelConfig {
             return Err(format!(
                 "head_dim {} must be even for RoPE",
                 self.head_dim()
+            ));
+        }
+        // The rotary tables hold max_position_embeddings x head_dim / 2 angles each.
+        let angles = self.max_position_embeddings * self.head_dim() / 2;
+        if angles > MAX_ROTARY_ANGLES {
+            return Err(format!(
+                "max_position_embeddings = {} with head_dim {} needs rotary tables of {angles} angles, more than {MAX_ROTARY_ANGLES}",
+                self.max_position_embeddings,
+                self.head_dim()
+            ));
+        }
+        if self.parameter_count() > MAX_PARAMETERS {
+            return Err(format!(
+                "{} parameters is more than azr can hold ({MAX_PARAMETERS}: each takes 12 bytes in training)",
+                self.parameter_count()
             ));
         }
         Ok(())

@@ -205,39 +205,74 @@ pub struct Model {
     dtype: DType,
 }
 
+/// Takes a model's tensors by name, each checked against the shape its config gives it.
 struct Loader<'a> {
     tensors: HashMap<String, Tensor>,
+    shapes: HashMap<String, Vec<usize>>,
     path: &'a Path,
     dtype: DType,
 }
 
 impl Loader<'_> {
-    fn var(&mut self, name: &str) -> Result<Var, ModelError> {
-        let tensor = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| ModelError::Invalid {
-                path: self.path.to_owned(),
-                detail: format!("tensor {name} is missing"),
-            })?;
-        Ok(Var::from_tensor(&tensor.to_dtype(self.dtype)?)?)
-    }
-
-    fn optional(&mut self, name: &str) -> Result<Option<Var>, ModelError> {
-        match self.tensors.contains_key(name) {
-            true => self.var(name).map(Some),
-            false => Ok(None),
+    fn invalid(&self, detail: String) -> ModelError {
+        ModelError::Invalid {
+            path: self.path.to_owned(),
+            detail,
         }
     }
 
+    fn var(&mut self, name: &str) -> Result<Var, ModelError> {
+        let tensor = self.tensors.remove(name).ok_or_else(|| {
+            self.invalid(format!(
+                "tensor {name} is missing; config.json and the weights disagree"
+            ))
+        })?;
+        if !tensor.dtype().is_float() {
+            return Err(self.invalid(format!(
+                "tensor {name} holds {:?}, not floats",
+                tensor.dtype()
+            )));
+        }
+        let want = self.shapes.get(name).map_or(&[][..], Vec::as_slice);
+        if tensor.dims() != want {
+            return Err(self.invalid(format!(
+                "tensor {name} has shape {:?} where config.json gives {want:?}",
+                tensor.dims()
+            )));
+        }
+        Ok(Var::from_tensor(&tensor.to_dtype(self.dtype)?)?)
+    }
+
+    /// A bias the architecture may leave out: one value per output row.
+    fn optional_bias(&mut self, name: &str, rows: usize) -> Result<Option<Var>, ModelError> {
+        if !self.tensors.contains_key(name) {
+            return Ok(None);
+        }
+        self.shapes.insert(name.to_owned(), vec![rows]);
+        self.var(name).map(Some)
+    }
+
     fn linear(&mut self, prefix: &str, bias: bool) -> Result<Linear, ModelError> {
-        Ok(Linear {
-            weight: self.var(&format!("{prefix}.weight"))?,
-            bias: match bias {
-                true => Some(self.var(&format!("{prefix}.bias"))?),
-                false => self.optional(&format!("{prefix}.bias"))?,
-            },
-        })
+        let weight = self.var(&format!("{prefix}.weight"))?;
+        let bias = match bias {
+            true => Some(self.var(&format!("{prefix}.bias"))?),
+            false => self.optional_bias(&format!("{prefix}.bias"), weight.dims()[0])?,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Tensors no parameter took: the weights hold more (layers) than config.json describes.
+    fn finish(self, config: &ModelConfig) -> Result<(), ModelError> {
+        let mut extra: Vec<&String> = self.tensors.keys().collect();
+        extra.sort();
+        match extra.first() {
+            None => Ok(()),
+            Some(name) => Err(self.invalid(format!(
+                "{} tensors, such as {name}, are not in the model config.json describes ({} layers); config.json and the weights disagree",
+                extra.len(),
+                config.num_hidden_layers
+            ))),
+        }
     }
 }
 
@@ -267,6 +302,7 @@ impl Model {
     ) -> Result<Self, ModelError> {
         let mut l = Loader {
             tensors,
+            shapes: parameter_shapes(&config).into_iter().collect(),
             path,
             dtype,
         };
@@ -294,6 +330,7 @@ impl Model {
             true => None,
             false => Some(l.var("lm_head.weight")?),
         };
+        l.finish(&config)?;
         let (cos, sin) = rope_tables(&config, device, dtype)?;
         Ok(Self {
             config,

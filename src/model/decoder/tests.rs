@@ -419,5 +419,42 @@ fn save_and_load_round_trip() {
     );
 }
 
+/// Issue 19: a config.json claiming 4 layers of a 30-layer model loaded and wrote garbage.
+#[test]
+fn a_config_that_disagrees_with_the_weights_is_refused() {
+    let dev = Device::Cpu;
+    let model = Model::random(tiny(Architecture::Qwen2, false), 9, &dev, DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let path = dir.path().join("config.json");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cases = [
+        ("num_hidden_layers", serde_json::json!(1), "model.layers.1."),
+        ("num_hidden_layers", serde_json::json!(3), "model.layers.2."),
+        (
+            "intermediate_size",
+            serde_json::json!(16),
+            "has shape [12, 8]",
+        ),
+        (
+            "max_position_embeddings",
+            serde_json::json!(1_000_000_000_000u64),
+            "max_position_embeddings",
+        ),
+        ("rope_theta", serde_json::json!(-1.0), "rope_theta"),
+    ];
+    for (key, value, says) in cases {
+        let mut config = saved.clone();
+        config[key] = value.clone();
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = match Model::load(dir.path(), &dev, DType::F32) {
+            Ok(_) => panic!("{key} = {value} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "{key} = {value}: {err}");
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda;
