@@ -194,3 +194,48 @@ fn pass_at_k_counts_each_problems_completions() {
     assert_eq!((pass["pass@1"], pass["pass@2"]), (0.5, 1.0));
     assert_eq!(pass.len(), 2);
 }
+
+/// A completion that ends the program before its test code has run passes nothing, whatever its
+/// exit status, as the official harnesses score it (the program counts only when it finished).
+#[test]
+fn early_exits_fail_on_every_benchmark() {
+    let exits = [
+        "import sys; sys.exit(0)",
+        "exit()",
+        "quit(0)",
+        "raise SystemExit",
+        "raise KeyboardInterrupt",
+        "import os; os._exit(0)",
+        "import os; os.close(1)",
+    ];
+    for exit in exits {
+        for (bench, completion) in [
+            // In the function body, and at module level before `check` runs.
+            (Bench::Humaneval, format!("    {exit}\n")),
+            (Bench::Humaneval, format!("    return None\n{exit}\n")),
+            (Bench::Mbpp, format!("{exit}\n")),
+            (
+                Bench::CruxevalO,
+                format!("__import__('builtins').exec({exit:?})"),
+            ),
+            (
+                Bench::CruxevalI,
+                format!("__import__('builtins').exec({exit:?})"),
+            ),
+        ] {
+            let samples: Vec<_> = references(bench)
+                .into_iter()
+                .take(3)
+                .map(|(id, _)| (id, completion.clone()))
+                .collect();
+            let e = score(bench, 3, samples);
+            assert_eq!(
+                e.pass_at()["pass@1"],
+                0.0,
+                "{} {completion:?}: {:#?}",
+                bench.name(),
+                failures(&e, false)
+            );
+        }
+    }
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{passk, EvalError, Problem, Sample};
 use crate::generate::{self, GenerateConfig};
 use crate::model::{Model, TextTokenizer};
-use crate::sandbox::{Execution, Limits, Outcome, Sandbox};
+use crate::sandbox::{Limits, Outcome, ProgramRun, Sandbox};
 
 /// A model that writes the completions.
 pub struct Generator<'a> {
@@ -114,7 +114,7 @@ struct Checks<'a> {
     problems: &'a [Problem],
     sandbox: &'a Sandbox,
     limits: Limits,
-    started: Vec<Vec<(String, BoxFuture<'static, Execution>)>>,
+    started: Vec<Vec<(String, BoxFuture<'static, ProgramRun>)>>,
 }
 
 impl<'a> Checks<'a> {
@@ -130,7 +130,7 @@ impl<'a> Checks<'a> {
     /// Queues the check of `completion` in the sandbox now.
     fn start(&mut self, problem: usize, completion: String) {
         let program = self.problems[problem].program(&completion);
-        let run = self.sandbox.run_program(&program, self.limits).boxed();
+        let run = self.sandbox.run_to_end(&program, self.limits).boxed();
         self.started[problem].push((completion, run));
     }
 
@@ -163,25 +163,14 @@ impl<'a> Checks<'a> {
     }
 }
 
-fn verdict(run: &Execution) -> (bool, String) {
-    let why = match &run.outcome {
-        Outcome::Exited(0) => return (true, "passed".into()),
-        Outcome::Timeout => return (false, "timed out".into()),
-        // Python's last traceback line names the exception ("AssertionError", ...).
-        Outcome::Exited(_) => run
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("exited with an error")
-            .trim()
-            .to_string(),
-        Outcome::MemoryLimit => "memory limit".into(),
-        Outcome::OutputLimit => "output limit".into(),
-        Outcome::Trap(m) => format!("trap: {m}"),
-        Outcome::HostError(m) => format!("sandbox error: {m}"),
-    };
-    (false, format!("failed: {why}"))
+/// Passed only when the program ran to its end, as the official harnesses score it: an early
+/// exit (`sys.exit(0)`, `exit()`, `os._exit`) is a failure whatever its status.
+fn verdict(run: &ProgramRun) -> (bool, String) {
+    match (&run.finished, &run.execution.outcome) {
+        (Ok(()), _) => (true, "passed".into()),
+        (_, Outcome::Timeout) => (false, "timed out".into()),
+        (Err(why), _) => (false, format!("failed: {why}")),
+    }
 }
 
 /// Generates `gen.n` completions per problem and checks them. Prompts are batched in order of

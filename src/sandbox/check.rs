@@ -1,21 +1,25 @@
 //! Task checks: the host side of `sandbox/harness.py`. One interpreter start checks a batch of
 //! inputs against ONE program; when a call is stopped (timeout, memory, flood), that call gets
 //! the outcome and the remaining inputs continue in a fresh instance.
+//!
+//! The guest only reports what a call returned; verdicts are made here, by comparing reprs in
+//! a fresh interpreter that runs no model code ([`Sandbox::compare`]), so no expected value
+//! ever reaches the program being judged.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Invocation, Outcome, Sandbox, HARNESS};
+use std::future::Future;
+
+use super::{Execution, Invocation, Limits, Outcome, Sandbox, HARNESS};
 
 /// A program and inputs to check. Each input is the text between the parentheses of `f(...)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckRequest {
     pub program: String,
     pub inputs: Vec<String>,
-    /// Per input, an expression the result must equal (abduction/induction answers).
-    pub expected: Option<Vec<String>>,
     /// Name of the function to call.
     pub entry: String,
     /// Call `f` a second time on each input, in the state the first call left, and report a
@@ -29,7 +33,6 @@ impl CheckRequest {
         Self {
             program: program.into(),
             inputs,
-            expected: None,
             entry: "f".into(),
             repeat: false,
         }
@@ -38,12 +41,6 @@ impl CheckRequest {
     /// Also call `f` twice per input in one program state and flag results that change.
     pub fn repeated(mut self) -> Self {
         self.repeat = true;
-        self
-    }
-
-    /// Also compare each result with an expected expression.
-    pub fn expecting(mut self, expected: Vec<String>) -> Self {
-        self.expected = Some(expected);
         self
     }
 }
@@ -89,14 +86,13 @@ pub enum ProgramStatus {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CallResult {
     Value {
-        /// `repr()` of the returned value.
+        /// `repr()` of the returned value when it is a plain literal, else the name of its
+        /// type (no method of a non-literal value is ever called).
         repr: String,
-        /// `eval(repr(v)) == v`.
-        roundtrips: bool,
+        /// Built only of exact builtin literal types: only such a value can match anything.
+        literal: bool,
         /// The call printed something (captured, not shown).
         printed: bool,
-        /// Equality with the expected expression, when one was given.
-        matches: Option<bool>,
     },
     /// `f` raised: exception type and message.
     Raised {
@@ -135,15 +131,16 @@ impl CallResult {
         }
     }
 
-    /// True when the call returned a value equal to its expected expression.
-    pub fn matched(&self) -> bool {
-        matches!(
-            self,
+    /// The repr when the call returned a plain literal (the only values that can match).
+    pub fn literal(&self) -> Option<&str> {
+        match self {
             CallResult::Value {
-                matches: Some(true),
+                repr,
+                literal: true,
                 ..
-            }
-        )
+            } => Some(repr),
+            _ => None,
+        }
     }
 
     fn summary(&self) -> String {
@@ -176,8 +173,9 @@ enum Event {
         normalized: String,
         #[serde(default)]
         error: String,
+        /// Comma separated.
         #[serde(default)]
-        modules: Vec<String>,
+        modules: String,
     },
     Call {
         index: usize,
@@ -185,10 +183,9 @@ enum Event {
         #[serde(default)]
         repr: String,
         #[serde(default)]
-        roundtrips: bool,
+        literal: bool,
         #[serde(default)]
         printed: bool,
-        matches: Option<bool>,
         #[serde(default)]
         error: String,
         #[serde(default)]
@@ -201,6 +198,11 @@ enum Event {
     Compare {
         index: usize,
         equal: bool,
+    },
+    Run {
+        status: String,
+        #[serde(default)]
+        error: String,
     },
 }
 
@@ -218,12 +220,14 @@ fn program_status(
     arity: i32,
     normalized: String,
     error: String,
-    modules: Vec<String>,
+    modules: String,
 ) -> ProgramStatus {
     match status.as_str() {
         "ok" => ProgramStatus::Ok { arity, normalized },
         "syntax" => ProgramStatus::Syntax { error },
-        "banned" => ProgramStatus::BannedImport { modules },
+        "banned" => ProgramStatus::BannedImport {
+            modules: modules.split(", ").map(String::from).collect(),
+        },
         "missing" => ProgramStatus::Missing { error },
         _ => ProgramStatus::Definition { error },
     }
@@ -234,9 +238,8 @@ fn call_result(event: Event) -> Option<(usize, CallResult)> {
         index,
         status,
         repr,
-        roundtrips,
+        literal,
         printed,
-        matches,
         error,
         length,
         first,
@@ -248,9 +251,8 @@ fn call_result(event: Event) -> Option<(usize, CallResult)> {
     let result = match status.as_str() {
         "value" => CallResult::Value {
             repr,
-            roundtrips,
+            literal,
             printed,
-            matches,
         },
         "raised" => CallResult::Raised { error },
         "bad_input" => CallResult::BadInput { error },
@@ -258,6 +260,14 @@ fn call_result(event: Event) -> Option<(usize, CallResult)> {
         _ => CallResult::ReprTooLong { length },
     };
     Some((index, result))
+}
+
+/// A whole program run by [`Sandbox::run_to_end`].
+#[derive(Debug, Clone)]
+pub struct ProgramRun {
+    pub execution: Execution,
+    /// `Ok` when the program's last line ran; else why it ended early.
+    pub finished: Result<(), String>,
 }
 
 /// Seed and heap shift of the two runs of a determinism check.
@@ -334,15 +344,18 @@ impl Sandbox {
                 "program": req.program,
                 "entry": req.entry,
                 "inputs": &req.inputs[start..],
-                "expected": req.expected.as_ref().map(|e| &e[start.min(e.len())..]),
                 "banned": self.config().banned_modules,
                 "perturb": perturb,
                 "repeat": req.repeat,
             });
             let run = self.execute(self.harness_invocation(&request, seed)).await;
             elapsed += run.elapsed;
+            // The harness writes one program event, then calls in order. Anything else means
+            // the program wrote in the harness's name: nothing of this run can be trusted.
+            let mut defined = false;
             for event in events(&run.stdout, &nonce) {
                 match event {
+                    Event::Program { .. } if defined => return forged(elapsed),
                     Event::Program {
                         status,
                         arity,
@@ -350,17 +363,17 @@ impl Sandbox {
                         error,
                         modules,
                     } => {
+                        defined = true;
                         program.get_or_insert_with(|| {
                             program_status(status, arity, normalized, error, modules)
                         });
                     }
-                    other => {
-                        if let Some((index, result)) = call_result(other) {
-                            if start + index == calls.len() {
-                                calls.push(result);
-                            }
+                    other => match call_result(other) {
+                        Some((index, result)) if defined && start + index == calls.len() => {
+                            calls.push(result)
                         }
-                    }
+                        _ => return forged(elapsed),
+                    },
                 }
             }
             let status = match &program {
@@ -393,6 +406,45 @@ impl Sandbox {
         }
     }
 
+    /// Runs a whole program (a benchmark check) under `limits` and reports whether it ran to
+    /// its end. A program that exits early in any way (`sys.exit`, `exit()`, `os._exit`, a
+    /// closed stdout) has not finished, whatever its exit status.
+    ///
+    /// Queued at the call, like [`Sandbox::execute`].
+    pub fn run_to_end(
+        &self,
+        source: &str,
+        limits: Limits,
+    ) -> impl Future<Output = ProgramRun> + Send + 'static {
+        let nonce = new_nonce();
+        let request = json!({"op": "run", "nonce": nonce, "source": source});
+        let run = self.execute(Invocation {
+            limits,
+            ..self.harness_invocation(&request, 0)
+        });
+        async move {
+            let execution = run.await;
+            let mut reports = events(&execution.stdout, &nonce).into_iter();
+            let finished = match (reports.next(), reports.next()) {
+                (Some(Event::Run { status, .. }), None)
+                    if status == "finished" && execution.outcome.is_success() =>
+                {
+                    Ok(())
+                }
+                (Some(Event::Run { error, .. }), None) if !error.is_empty() => Err(error),
+                (Some(_), Some(_)) => Err("the program forged a harness event".into()),
+                _ => Err(match &execution.outcome {
+                    Outcome::Exited(_) => "ended before its last line".into(),
+                    other => other.to_string(),
+                }),
+            };
+            ProgramRun {
+                execution,
+                finished,
+            }
+        }
+    }
+
     fn harness_invocation(&self, request: &serde_json::Value, seed: u64) -> Invocation {
         Invocation {
             args: vec!["-c".into(), HARNESS.into()],
@@ -400,6 +452,19 @@ impl Sandbox {
             limits: self.config().limits,
             seed,
         }
+    }
+}
+
+fn forged(elapsed: Duration) -> CheckReport {
+    CheckReport {
+        program: ProgramStatus::Stopped {
+            outcome: Outcome::HostError(
+                "harness events out of order: the program forged one".into(),
+            ),
+            stderr: String::new(),
+        },
+        calls: Vec::new(),
+        elapsed,
     }
 }
 

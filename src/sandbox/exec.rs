@@ -37,6 +37,19 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Exited(code) => write!(f, "exited with status {code}"),
+            Outcome::Timeout => f.write_str("timed out"),
+            Outcome::MemoryLimit => f.write_str("memory limit"),
+            Outcome::OutputLimit => f.write_str("output limit"),
+            Outcome::Trap(m) => write!(f, "trap: {m}"),
+            Outcome::HostError(m) => write!(f, "sandbox error: {m}"),
+        }
+    }
+}
+
 /// An interpreter run to perform: `python ARGS`, with `stdin`.
 #[derive(Debug, Clone)]
 pub struct Invocation {

@@ -13,8 +13,10 @@
 //! timing side channels; bugs in wasmtime or in the CPython build. Determinism is checked, not
 //! enforced: the `check` module runs a program twice with different seeds and heap layouts.
 //!
-//! Two ways in: [`Sandbox::run_program`] runs a whole program (benchmarks), and
-//! [`Sandbox::check`] drives the guest harness (`sandbox/harness.py`) for task checks.
+//! Three ways in: [`Sandbox::run_program`] runs a whole program as `python -c` (`azr sandbox
+//! run`); [`Sandbox::run_to_end`] runs one under the guest harness (`sandbox/harness.py`) and
+//! says whether it reached its end (benchmarks); [`Sandbox::check`] drives the harness for task
+//! checks. Model code under the harness cannot reach the harness's verdicts (see harness.py).
 
 mod check;
 mod exec;
@@ -26,7 +28,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use check::{CallResult, CheckReport, CheckRequest, ProgramStatus};
+pub use check::{CallResult, CheckReport, CheckRequest, ProgramRun, ProgramStatus};
 pub use exec::{Execution, Invocation, Outcome};
 pub use limits::Limits;
 
@@ -130,8 +132,8 @@ impl Sandbox {
             .unwrap_or_else(|message| host_failure(message, started))
     }
 
-    /// Runs a whole Python program (any standard-library module allowed) under `limits`;
-    /// judged by its exit status and output.
+    /// Runs a whole Python program (any standard-library module allowed) under `limits`.
+    /// Its exit status is the program's to choose: judge with [`Sandbox::run_to_end`].
     ///
     /// Queued at the call, like [`Sandbox::execute`].
     pub fn run_program(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::parse::{self, ParseError};
 use super::{Task, TaskType};
-use crate::sandbox::{CheckRequest, ProgramStatus, Sandbox};
+use crate::sandbox::{CallResult, CheckRequest, ProgramStatus, Sandbox};
 
 /// `[reward]`: the reward values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -95,8 +95,8 @@ pub fn learnability(rate: &SolveRate, config: &RewardConfig) -> Result<f32, Rate
     })
 }
 
-/// Judges several answers to one task, running each task type's check in as few interpreter
-/// starts as possible (all answers to one abduction task in one run).
+/// Judges several answers to one task: programs run in the sandbox, one interpreter per answer,
+/// and every comparison with a gold value in one more interpreter that runs no model code.
 pub async fn judge(sandbox: &Sandbox, task: &Task, answers: &[String]) -> Vec<Verdict> {
     let mut verdicts: Vec<Option<Verdict>> = vec![None; answers.len()];
     let parsed: Vec<(usize, String)> = answers
@@ -134,45 +134,80 @@ fn gold(task: &Task) -> &str {
     task.examples.first().map_or("", |e| e.output.as_str())
 }
 
+/// What an answer produced: pairs (got, wanted) of literal texts that must all be equal, or
+/// why nothing comparable came out.
+type Produced = Result<Vec<(String, String)>, String>;
+
+/// Verdicts from what the answers produced. Every comparison runs in one fresh interpreter that
+/// parses literals and runs no model code, so no program can reach its own verdict.
+async fn decide(sandbox: &Sandbox, produced: Vec<Produced>) -> Vec<Verdict> {
+    let pairs: Vec<(String, String)> = produced
+        .iter()
+        .flat_map(|p| p.iter().flatten().cloned())
+        .collect();
+    let mut equal = sandbox.compare(&pairs).await.into_iter();
+    produced
+        .into_iter()
+        .map(|p| {
+            let pairs = p?;
+            let results: Vec<bool> = equal.by_ref().take(pairs.len()).collect();
+            match pairs.iter().zip(results).find(|(_, eq)| !eq) {
+                Some(((got, wanted), _)) => Err(format!("{got} is not {wanted}")),
+                None if pairs.is_empty() => Err("nothing to compare".into()),
+                None => Ok(()),
+            }
+        })
+        .map(|result: Result<(), String>| match result {
+            Ok(()) => Verdict::Correct,
+            Err(why) => Verdict::Wrong(why),
+        })
+        .collect()
+}
+
+/// The literal a call returned, or why it gave nothing comparable. A call repeated in the same
+/// state (as validation repeats it) is judged on its first result, from a fresh program state.
+fn returned(call: &CallResult) -> Result<String, String> {
+    match call {
+        CallResult::Stateful { first, .. } => Ok(first.clone()),
+        other => other
+            .literal()
+            .map(str::to_string)
+            .ok_or_else(|| format!("f(answer) gave {other:?}")),
+    }
+}
+
 async fn judge_outputs(
     sandbox: &Sandbox,
     task: &Task,
     answers: &[(usize, String)],
 ) -> Vec<Verdict> {
-    let pairs: Vec<(String, String)> = answers
+    let produced = answers
         .iter()
-        .map(|(_, a)| (a.clone(), gold(task).to_string()))
+        .map(|(_, answer)| Ok(vec![(answer.clone(), gold(task).to_string())]))
         .collect();
-    sandbox
-        .compare(&pairs)
-        .await
-        .into_iter()
-        .zip(answers)
-        .map(|(equal, (_, answer))| match equal {
-            true => Verdict::Correct,
-            false => Verdict::Wrong(format!("{answer} is not {}", gold(task))),
-        })
-        .collect()
+    decide(sandbox, produced).await
 }
 
+/// Each answer runs in an interpreter of its own, called exactly as validation called the
+/// program (so the program cannot tell judging from validation), and nothing one answer makes
+/// the program do reaches another's run.
 async fn judge_inputs(sandbox: &Sandbox, task: &Task, answers: &[(usize, String)]) -> Vec<Verdict> {
-    let inputs: Vec<String> = answers.iter().map(|(_, a)| a.clone()).collect();
-    let expected = vec![gold(task).to_string(); inputs.len()];
-    let report = sandbox
-        .check(&CheckRequest::new(task.program.clone(), inputs).expecting(expected))
-        .await;
-    if !matches!(report.program, ProgramStatus::Ok { .. }) {
-        let why = format!("the task's program failed: {:?}", report.program);
-        return vec![Verdict::Wrong(why); answers.len()];
-    }
-    report
-        .calls
-        .iter()
-        .map(|call| match call.matched() {
-            true => Verdict::Correct,
-            false => Verdict::Wrong(format!("f(answer) gave {call:?}")),
+    let runs = answers.iter().map(|(_, answer)| {
+        let request = CheckRequest::new(task.program.clone(), vec![answer.clone()]).repeated();
+        async move { sandbox.check(&request).await }
+    });
+    let produced = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|report| match report.program {
+            ProgramStatus::Ok { .. } => {
+                let call = report.calls.first().ok_or("no call was made")?;
+                Ok(vec![(returned(call)?, gold(task).to_string())])
+            }
+            other => Err(format!("the task's program failed: {other:?}")),
         })
-        .collect()
+        .collect();
+    decide(sandbox, produced).await
 }
 
 async fn judge_programs(
@@ -182,25 +217,24 @@ async fn judge_programs(
 ) -> Vec<Verdict> {
     let hidden = task.hidden_examples();
     let inputs: Vec<String> = hidden.iter().map(|e| e.input.clone()).collect();
-    let expected: Vec<String> = hidden.iter().map(|e| e.output.clone()).collect();
-    let checks = answers.iter().map(|(_, program)| {
-        let request =
-            CheckRequest::new(program.clone(), inputs.clone()).expecting(expected.clone());
+    let runs = answers.iter().map(|(_, program)| {
+        let request = CheckRequest::new(program.clone(), inputs.clone());
         async move { sandbox.check(&request).await }
     });
-    futures::future::join_all(checks)
+    let produced = futures::future::join_all(runs)
         .await
         .into_iter()
         .map(|report| match report.program {
-            ProgramStatus::Ok { .. }
-                if !hidden.is_empty() && report.calls.iter().all(|c| c.matched()) =>
-            {
-                Verdict::Correct
-            }
-            ProgramStatus::Ok { .. } => Verdict::Wrong("wrong output on a hidden input".into()),
-            other => Verdict::Wrong(format!("the program failed: {other:?}")),
+            ProgramStatus::Ok { .. } => report
+                .calls
+                .iter()
+                .zip(hidden)
+                .map(|(call, example)| Ok((returned(call)?, example.output.clone())))
+                .collect(),
+            other => Err(format!("the program failed: {other:?}")),
         })
-        .collect()
+        .collect();
+    decide(sandbox, produced).await
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn valid_output(call: CallResult) -> Result<String, Rejection> {
         CallResult::Value { printed: true, .. } => Err(Rejection::Prints),
         CallResult::Value {
             repr,
-            roundtrips: false,
+            literal: false,
             ..
         } => Err(Rejection::NotRoundTrip(repr)),
         CallResult::Value { repr, .. } => Ok(repr),
@@ -119,6 +119,17 @@ fn valid_output(call: CallResult) -> Result<String, Rejection> {
         CallResult::Nondeterministic { first, second } => {
             Err(Rejection::Nondeterministic(format!("{first} vs {second}")))
         }
+    }
+}
+
+/// Outputs must equal themselves read back as literals (NaN does not); compared where no model
+/// code runs, like every verdict.
+async fn round_trip(sandbox: &Sandbox, outputs: &[String]) -> Result<(), Rejection> {
+    let pairs: Vec<(String, String)> = outputs.iter().map(|o| (o.clone(), o.clone())).collect();
+    let equal = sandbox.compare(&pairs).await;
+    match outputs.iter().zip(equal).find(|(_, eq)| !eq) {
+        Some((output, _)) => Err(Rejection::NotRoundTrip(output.clone())),
+        None => Ok(()),
     }
 }
 
@@ -141,6 +152,7 @@ pub async fn program_task(
         .next()
         .ok_or(Rejection::MissingFunction)?;
     let output = valid_output(call)?;
+    round_trip(sandbox, std::slice::from_ref(&output)).await?;
     Ok(Task {
         task_type,
         program: proposal.program.clone(),
@@ -195,7 +207,9 @@ pub async fn induction_task(
                 output: valid_output(call)?,
             })
         })
-        .collect::<Result<Vec<_>, Rejection>>()?;
+        .collect::<Result<Vec<Example>, Rejection>>()?;
+    let outputs: Vec<String> = examples.iter().map(|e| e.output.clone()).collect();
+    round_trip(sandbox, &outputs).await?;
     Ok(Task {
         task_type: TaskType::Induction,
         program: program.to_string(),
