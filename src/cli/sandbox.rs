@@ -26,7 +26,8 @@ pub enum SandboxCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Print repr(f(INPUT)) for the function `f` in a program, as task checks compute it.
+    /// Print repr(f(INPUT)) for the function `f` in a program, as task checks compute it (a
+    /// value that is not a plain literal prints as its type: none of its methods is run).
     Eval {
         /// Python file defining `f`.
         #[arg(long)]

