@@ -334,7 +334,7 @@ impl Config {
         let zero_to_one = (Included(0.0), Included(1.0));
         // A correct answer earns 1; the other rewards are on the same scale.
         let reward = (Included(-1.0), Included(1.0));
-        let reals: [(&str, f64, (Bound<f64>, Bound<f64>)); 16] = [
+        let reals: [(&str, f64, Interval<f64>); 16] = [
             ("selfplay.temperature", s.temperature.into(), temperature),
             ("rl.temperature", rl.temperature.into(), temperature),
             ("rl.entropy_coef", rl.entropy_coef, non_negative),
@@ -377,6 +377,9 @@ impl Config {
     }
 }
 
+/// The values a key may take: `(low, high)`.
+type Interval<T> = (Bound<T>, Bound<T>);
+
 /// The largest count or token limit a config may give: far beyond any run, and small enough
 /// that sizes computed from it cannot overflow.
 const MAX_COUNT: usize = 1 << 24;
@@ -384,7 +387,7 @@ const MAX_COUNT: usize = 1 << 24;
 fn in_range<T: PartialOrd + Display>(
     key: &str,
     value: T,
-    (low, high): (Bound<T>, Bound<T>),
+    (low, high): Interval<T>,
 ) -> Result<(), String> {
     match (low.as_ref(), high.as_ref()).contains(&value) {
         true => Ok(()),
@@ -463,7 +466,8 @@ mod tests {
     /// Issue 19: NaN ran as temperature 1.0, and a byte limit of u64::MAX wrapped to 0.
     #[test]
     fn every_number_out_of_range_is_refused_naming_the_key_and_range() {
-        let cases: [(&str, fn(&mut Config), &str); 12] = [
+        type Case = (&'static str, fn(&mut Config), &'static str);
+        let cases: [Case; 12] = [
             (
                 "selfplay.temperature",
                 |c| c.selfplay.temperature = f32::NAN,
