@@ -9,6 +9,7 @@ pub mod assets;
 pub mod bench;
 pub mod buffer;
 pub mod config;
+pub mod durable;
 pub mod eval;
 pub mod generate;
 pub mod model;

@@ -587,3 +587,40 @@ fn tasks_judge_prints_a_verdict_per_answer() {
     assert!(v[2]["reason"].as_str().unwrap().starts_with("format"));
     assert!(v[6]["error"].is_string());
 }
+
+/// `azr selfplay` on the smoke config for no steps: quick, and far enough to touch the run.
+fn selfplay_no_steps(run: &Path, extra: &[&str]) -> Output {
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml");
+    let run = run.to_str().unwrap();
+    let args = ["--config", smoke, "selfplay", "--steps", "0", "--run", run];
+    azr(&[&args[..], extra].concat())
+}
+
+/// Issue 19: two `azr selfplay` on one run directory raced; the second is refused and told
+/// who holds it.
+#[test]
+fn a_run_directory_has_one_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let _held = azr::selfplay::run_lock::RunLock::acquire(&run).unwrap();
+    let out = selfplay_no_steps(&run, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("pid {} on host", std::process::id())),
+        "{said}"
+    );
+    assert!(!run.join("config.toml").exists(), "the refused run wrote");
+}
+
+/// Issue 19: `--resume` of a directory that does not exist started a fresh run.
+#[test]
+fn resuming_a_missing_run_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("typo");
+    let out = selfplay_no_steps(&run, &["--resume"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("drop --resume"), "{}", text(&out));
+    assert!(!run.exists());
+}

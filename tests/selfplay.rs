@@ -287,3 +287,41 @@ fn killed_mid_step_resumes_from_the_last_checkpoint() {
     .unwrap();
     assert_eq!(state["step"], done + 1);
 }
+
+/// Issue 19: SIGTERM killed the run and lost the step in progress; it now saves and stops as
+/// Ctrl-C does.
+#[test]
+fn sigterm_saves_the_step_in_progress_and_stops() {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let child = command(&smoke(), &run, 4)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while checkpoint_steps(&run).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint after 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Step 2 is under way.
+    // SAFETY: kill only sends a signal to our child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("stopped: steps 1..="), "{}", text(&out));
+    let steps: Vec<u64> = metrics(&run)
+        .iter()
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert!(!steps.is_empty() && steps.len() < 4, "{steps:?}");
+    assert_eq!(
+        checkpoint_steps(&run).last(),
+        steps.last(),
+        "the last step is saved"
+    );
+}

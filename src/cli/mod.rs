@@ -109,6 +109,8 @@ impl Cli {
     /// Where this command also logs (at info level): `azr.log` in a self-play run directory.
     pub fn log_file(&self) -> Option<PathBuf> {
         match &self.command {
+            // A resume of a missing directory is refused; logging must not create it first.
+            Command::Selfplay(args) if args.resume && !args.run.is_dir() => None,
             Command::Selfplay(args) => Some(args.run.join("azr.log")),
             _ => None,
         }
@@ -163,8 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|p| load_config(Some(p)))
             .transpose()?;
-        let config = args.resolve_config(given)?;
-        return selfplay::run(args, config);
+        return selfplay::run(args, given);
     }
     let config = load_config(cli.config.as_ref())?;
     match cli.command {

@@ -1,4 +1,5 @@
-//! `azr selfplay`: the main job, with a progress bar, a line per step and Ctrl-C handling.
+//! `azr selfplay`: the main job, with a progress bar, a line per step, and Ctrl-C and SIGTERM
+//! handling.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::signal::unix::{signal, SignalKind};
 
 use azr::config::Config;
 use azr::model::DeviceSpec;
@@ -20,29 +22,13 @@ pub struct SelfplayArgs {
     /// The run directory: buffer, checkpoints, metrics and log.
     #[arg(long, value_name = "DIR", default_value = "runs/selfplay")]
     pub run: PathBuf,
-    /// Continue the run in --run from its last checkpoint (its config.toml is used when no
-    /// --config is given).
+    /// Continue the run in --run from its newest intact checkpoint, under the config that
+    /// checkpoint stores (a --config given must match it).
     #[arg(long)]
     pub resume: bool,
     /// Run on this device (`cpu`, `cuda`, `cuda:N`) instead of the config's `run.device`.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<DeviceSpec>,
-}
-
-impl SelfplayArgs {
-    /// The config: --config, else on --resume the run's own, else the defaults.
-    /// `--device` applies on top.
-    pub fn resolve_config(&self, given: Option<Config>) -> anyhow::Result<Config> {
-        let mut config = match given {
-            Some(config) => config,
-            None if self.resume => RunDir::new(&self.run).stored_config()?.unwrap_or_default(),
-            None => Config::default(),
-        };
-        if let Some(device) = self.device {
-            config.run.device = device;
-        }
-        Ok(config)
-    }
 }
 
 fn rate(n: usize, d: usize) -> String {
@@ -89,20 +75,35 @@ fn step_line(m: &StepMetrics) -> String {
     )
 }
 
-pub fn run(args: SelfplayArgs, config: Config) -> anyhow::Result<ExitCode> {
+/// `config` is the one given with --config, if any.
+pub fn run(args: SelfplayArgs, config: Option<Config>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Registered before the run starts, so no signal finds the default action (death).
+    let (mut interrupt, mut terminate) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nazr: stopping after saving a checkpoint (Ctrl-C again to abort at once)");
-            flag.store(true, Ordering::Relaxed);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
+        eprintln!(
+            "\nazr: stopping after saving a checkpoint (a second Ctrl-C or SIGTERM aborts at once)"
+        );
+        flag.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        std::process::exit(130);
     });
     let bar = ProgressBar::new(args.steps);
     bar.set_style(
@@ -114,6 +115,7 @@ pub fn run(args: SelfplayArgs, config: Config) -> anyhow::Result<ExitCode> {
         steps: args.steps,
         resume: args.resume,
         config,
+        device: args.device,
     };
     let summary = runtime.block_on(selfplay::run(&opts, stop, |m| {
         bar.set_position(m.step);

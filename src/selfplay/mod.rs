@@ -24,6 +24,7 @@
 mod cold_start;
 pub mod policy;
 pub mod run_dir;
+pub mod run_lock;
 mod step;
 
 use std::path::PathBuf;
@@ -37,8 +38,8 @@ pub use step::{group_of, StepMetrics, TypeMetrics, Validation};
 
 use crate::buffer::{seed, Buffer, BufferError};
 use crate::config::Config;
-use crate::model::{provision, Model, ModelError, TextTokenizer};
-use crate::rl::checkpoint::{self, TrainState};
+use crate::model::{provision, DeviceSpec, Model, ModelError, TextTokenizer};
+use crate::rl::checkpoint::{self, TokenizerFiles, TrainState};
 use crate::rl::optim::AdamW;
 use crate::sandbox::{Sandbox, SandboxError};
 use policy::Policy;
@@ -73,7 +74,11 @@ pub struct Options {
     /// Run until this step is done.
     pub steps: u64,
     pub resume: bool,
-    pub config: Config,
+    /// The config given (--config): a new run's (the defaults when none), or the one a resumed
+    /// run must have been started with (its own when none).
+    pub config: Option<Config>,
+    /// Where to compute, over the config's `run.device` (--device).
+    pub device: Option<DeviceSpec>,
 }
 
 /// What a run did.
@@ -85,33 +90,34 @@ pub struct Summary {
     pub stopped: bool,
 }
 
-/// Runs self-play. `stop` is polled between steps and phases (Ctrl-C sets it): the run then
-/// saves a checkpoint of its last finished step and returns. `on_step` sees every step's metrics.
+/// Runs self-play. `stop` is polled between steps and phases (Ctrl-C and SIGTERM set it): the
+/// run then saves a checkpoint of its last finished step and returns. `on_step` sees every
+/// step's metrics.
 pub async fn run(
     opts: &Options,
     stop: Arc<AtomicBool>,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<Summary, SelfplayError> {
-    let config = &opts.config;
-    config.validate().map_err(SelfplayError::Config)?;
+    let dir = RunDir::new(&opts.run);
+    let _lock = dir.lock(opts.resume)?;
+    let config = &dir.prepare(opts.config.as_ref(), opts.device, opts.resume)?;
+    checkpoint::clear_unfinished(&dir.checkpoints())?;
     let device = config.run.device.open()?;
     let dtype = config.run.dtype.dtype(&device);
-    let dir = RunDir::new(&opts.run);
-    dir.prepare(config, opts.resume)?;
     let sandbox = Sandbox::new(&config.sandbox)?;
     let buffer = Buffer::open(&dir.buffer())?;
     let home = crate::assets::home();
     let base = provision::resolve(&home, &config.run.model)?;
 
     let resumed = match opts.resume {
-        true => checkpoint::latest(&dir.checkpoints()),
+        true => checkpoint::load_newest(&dir.checkpoints(), &device, dtype, config.optim)?,
         false => None,
     };
-    let (model, mut optimizer, done) = match &resumed {
-        Some(path) => {
-            let (model, optimizer, state) = checkpoint::load(path, &device, dtype, config.optim)?;
+    // A resumed run continues its checkpoint: its weights, moments and tokenizer.
+    let (model, mut optimizer, done, from) = match resumed {
+        Some((path, model, optimizer, state)) => {
             tracing::info!(checkpoint = %path.display(), step = state.step, "resuming");
-            (model, optimizer, state.step)
+            (model, optimizer, state.step, path)
         }
         None => {
             let model = Model::load(&base, &device, dtype)?;
@@ -120,18 +126,18 @@ pub async fn run(
                 .into_iter()
                 .map(|(_, v)| v.clone())
                 .collect();
-            (model, AdamW::new(params, config.optim)?, 0)
+            (model, AdamW::new(params, config.optim)?, 0, base.clone())
         }
     };
     // Rows and metrics of steps after the checkpoint belong to work that is redone.
     buffer.truncate_after(done as i64)?;
     dir.truncate_metrics(done)?;
-    let tokenizer_dir = resumed.clone().unwrap_or_else(|| base.clone());
-    let tokenizer = TextTokenizer::load(&tokenizer_dir, &model.config.eos_ids())?;
+    let tokenizer = TextTokenizer::load(&from, &model.config.eos_ids())?;
+    let tokenizer_files = TokenizerFiles::read(&from)?;
     let policy = Policy {
         model,
         tokenizer,
-        dir: base.clone(),
+        dir: from,
     };
     if done == 0 {
         seed_buffer(config, &policy, &sandbox, &buffer, &stop).await?;
@@ -173,12 +179,12 @@ pub async fn run(
         on_step(&metrics);
         last = step_no;
         if step_no % config.run.save_every == 0 || step_no == opts.steps {
-            save(&dir, &policy, &optimizer, config, step_no)?;
+            save(&dir, &policy, &tokenizer_files, &optimizer, config, step_no)?;
             last_saved = step_no;
         }
     }
     if last > last_saved {
-        save(&dir, &policy, &optimizer, config, last)?;
+        save(&dir, &policy, &tokenizer_files, &optimizer, config, last)?;
     }
     Ok(Summary {
         first_step: done + 1,
@@ -190,6 +196,7 @@ pub async fn run(
 fn save(
     dir: &RunDir,
     policy: &Policy,
+    tokenizer: &TokenizerFiles,
     optimizer: &AdamW,
     config: &Config,
     step: u64,
@@ -202,7 +209,7 @@ fn save(
     };
     let path = checkpoint::save(
         &dir.checkpoints(),
-        &policy.dir,
+        tokenizer,
         &policy.model,
         optimizer,
         &state,

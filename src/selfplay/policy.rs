@@ -12,7 +12,7 @@ use crate::tasks::prompts::ChatPrompt;
 pub struct Policy {
     pub model: Model,
     pub tokenizer: TextTokenizer,
-    /// Folder the tokenizer files come from (copied into every checkpoint).
+    /// Folder the tokenizer was loaded from: the base model, or the checkpoint resumed.
     pub dir: PathBuf,
 }
 

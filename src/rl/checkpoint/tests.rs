@@ -98,14 +98,13 @@ fn a_resumed_run_matches_an_uninterrupted_one_exactly() {
         let uninterrupted = weights(&model);
 
         let root = tempfile::tempdir().unwrap();
-        let base = tempfile::tempdir().unwrap();
         let (model, mut optimizer) = fresh(dtype);
         for step in 0..3 {
             train_step(&model, &mut optimizer, step);
         }
         save(
             root.path(),
-            base.path(),
+            &TokenizerFiles::default(),
             &model,
             &optimizer,
             &state(3, &optimizer),
@@ -133,10 +132,13 @@ fn keeps_the_last_n_and_ignores_half_written_ones() {
     let root = tempfile::tempdir().unwrap();
     let base = tempfile::tempdir().unwrap();
     std::fs::write(base.path().join("tokenizer.json"), "{}").unwrap();
+    let tokenizer = TokenizerFiles::read(base.path()).unwrap();
+    // The folder the files came from may be a checkpoint that rotation deletes.
+    drop(base);
     for step in [1, 2, 3] {
         save(
             root.path(),
-            base.path(),
+            &tokenizer,
             &model,
             &optimizer,
             &state(step, &optimizer),
@@ -154,6 +156,83 @@ fn keeps_the_last_n_and_ignores_half_written_ones() {
     std::fs::create_dir_all(root.path().join(".step-00000004.tmp")).unwrap();
     std::fs::create_dir_all(root.path().join("step-00000005")).unwrap();
     assert!(latest(root.path()).unwrap().ends_with("step-00000003"));
+}
+
+/// Three checkpoints of a tiny model under a temp folder.
+fn three_checkpoints() -> tempfile::TempDir {
+    let (model, optimizer) = fresh(DType::F32);
+    let root = tempfile::tempdir().unwrap();
+    for step in [1, 2, 3] {
+        let state = state(step, &optimizer);
+        save(
+            root.path(),
+            &TokenizerFiles::default(),
+            &model,
+            &optimizer,
+            &state,
+            3,
+        )
+        .unwrap();
+    }
+    root
+}
+
+/// Issue 19: only the number of moments was checked, so a moment of the wrong shape loaded
+/// and updated part of its parameter from then on.
+#[test]
+fn a_moment_of_the_wrong_shape_is_an_error_naming_it() {
+    let root = three_checkpoints();
+    let dir = latest(root.path()).unwrap();
+    let path = dir.join("optimizer.safetensors");
+    let mut saved = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let key = "v.model.layers.1.mlp.up_proj.weight";
+    let narrowed = saved[key].narrow(0, 0, 3).unwrap();
+    saved.insert(key.into(), narrowed);
+    candle_core::safetensors::save(&saved, &path).unwrap();
+    let err = match load(&dir, &Device::Cpu, DType::F32, optim()) {
+        Ok(_) => panic!("a narrowed moment loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(key) && err.contains("[3, 8]"), "{err}");
+}
+
+/// Issue 19: a damaged newest checkpoint was an error that did not point to the intact one.
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one() {
+    let root = three_checkpoints();
+    let steps = list(root.path());
+    std::fs::write(steps[2].1.join("model.safetensors"), b"torn").unwrap();
+    std::fs::write(steps[1].1.join("state.json"), b"{").unwrap();
+    let (dir, _, optimizer, state) = load_newest(root.path(), &Device::Cpu, DType::F32, optim())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (dir, state.step, optimizer.step),
+        (steps[0].1.clone(), 1, 0)
+    );
+
+    std::fs::write(steps[0].1.join("optimizer.safetensors"), b"").unwrap();
+    let err = match load_newest(root.path(), &Device::Cpu, DType::F32, optim()) {
+        Ok(_) => panic!("nothing intact, yet something loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("step-00000003"), "the newest's error: {err}");
+    let empty = tempfile::tempdir().unwrap();
+    assert!(load_newest(empty.path(), &Device::Cpu, DType::F32, optim())
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn unfinished_checkpoints_are_cleared_and_finished_ones_kept() {
+    let root = three_checkpoints();
+    let torn = root.path().join(".step-00000004.tmp");
+    std::fs::create_dir_all(&torn).unwrap();
+    std::fs::write(torn.join("model.safetensors"), b"half").unwrap();
+    clear_unfinished(root.path()).unwrap();
+    assert!(!torn.exists());
+    let steps: Vec<u64> = list(root.path()).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [1, 2, 3]);
 }
 
 #[test]
