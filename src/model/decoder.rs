@@ -261,18 +261,31 @@ impl Loader<'_> {
         Ok(Linear { weight, bias })
     }
 
-    /// Tensors no parameter took: the weights hold more (layers) than config.json describes.
+    /// Tensors no parameter took. A layer config.json does not describe means the two disagree
+    /// (an error); anything else (a spare `lm_head.weight` of a tied model, a saved rotary
+    /// buffer) is left out with a warning, as other loaders do.
     fn finish(self, config: &ModelConfig) -> Result<(), ModelError> {
         let mut extra: Vec<&String> = self.tensors.keys().collect();
         extra.sort();
-        match extra.first() {
-            None => Ok(()),
-            Some(name) => Err(self.invalid(format!(
-                "{} tensors, such as {name}, are not in the model config.json describes ({} layers); config.json and the weights disagree",
-                extra.len(),
+        if let Some(layer) = extra.iter().find(|n| n.starts_with("model.layers.")) {
+            return Err(self.invalid(format!(
+                "{layer} is not in the model config.json describes ({} layers); config.json and the weights disagree",
                 config.num_hidden_layers
-            ))),
+            )));
         }
+        if !extra.is_empty() {
+            tracing::warn!(
+                "{}: ignoring {} tensor(s) the model does not use: {}",
+                self.path.display(),
+                extra.len(),
+                extra
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(())
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::in_range;
+
 /// What one execution of guest code may use. Every execution gets all four.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,11 +34,14 @@ impl Default for Limits {
 pub(crate) const MAX_MEMORY_MB: usize = 4096;
 
 impl Limits {
-    /// Rejects limits no program could run under, naming the key.
+    /// Rejects limits no program could run under, and sizes that could wrap, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.timeout_ms == 0 {
-            return Err("sandbox.limits.timeout_ms must be at least 1".into());
-        }
+        use std::ops::Bound::Included;
+        in_range(
+            "sandbox.limits.timeout_ms",
+            self.timeout_ms,
+            (Included(1), Included(3_600_000)),
+        )?;
         if self.memory_mb < 128 {
             return Err(format!(
                 "sandbox.limits.memory_mb = {} is too small: the interpreter alone needs about 64 MiB; use at least 128",
@@ -49,7 +54,10 @@ impl Limits {
                 self.memory_mb
             ));
         }
-        Ok(())
+        // Output is held in memory, and the harness's reports come back on stdout.
+        let bytes = (Included(1 << 10), Included(1 << 30));
+        in_range("sandbox.limits.stdout_bytes", self.stdout_bytes, bytes)?;
+        in_range("sandbox.limits.stderr_bytes", self.stderr_bytes, bytes)
     }
 
     pub(crate) fn memory_bytes(&self) -> usize {

@@ -456,5 +456,25 @@ fn a_config_that_disagrees_with_the_weights_is_refused() {
     }
 }
 
+/// Tensors outside the layers that a model does not use (a saved rotary buffer, a spare
+/// `lm_head.weight` next to tied embeddings) are left out, as other loaders do.
+#[test]
+fn unused_tensors_outside_the_layers_are_ignored() {
+    let dev = Device::Cpu;
+    let model = Model::random(tiny(Architecture::Qwen2, true), 9, &dev, DType::F32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &dev).unwrap();
+    let embed = tensors["model.embed_tokens.weight"].clone();
+    tensors.insert("lm_head.weight".into(), embed);
+    tensors.insert(
+        "model.rotary_emb.inv_freq".into(),
+        Tensor::ones(4, DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    Model::load(dir.path(), &dev, DType::F32).unwrap();
+}
+
 #[cfg(feature = "cuda")]
 mod cuda;
