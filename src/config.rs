@@ -50,8 +50,12 @@ pub struct RunConfig {
     pub bf16_decode: bool,
     /// Seeds every random choice of the run (sampling, buffer draws).
     pub seed: u64,
-    /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
+    /// Write a checkpoint every this many steps, or sooner when `save_every_minutes` have
+    /// passed since the last one (and always at the end, and on Ctrl-C or SIGTERM).
     pub save_every: u64,
+    /// Write a checkpoint once this many minutes have passed since the last one, whatever
+    /// the step count: a kill loses at most about this much work; 0 = steps only.
+    pub save_every_minutes: f64,
     /// Checkpoints kept; older ones are deleted.
     pub keep_checkpoints: usize,
     /// Measure CRUXEval-O/I accuracy every this many steps; 0 = never.
@@ -68,8 +72,9 @@ impl Default for RunConfig {
             dtype: Precision::Auto,
             bf16_decode: true,
             seed: 0,
-            save_every: 1,
-            keep_checkpoints: 3,
+            save_every: 100,
+            save_every_minutes: 15.0,
+            keep_checkpoints: 2,
             validate_every: 0,
             validate_tasks: 32,
         }
@@ -334,7 +339,7 @@ impl Config {
         let zero_to_one = (Included(0.0), Included(1.0));
         // A correct answer earns 1; the other rewards are on the same scale.
         let reward = (Included(-1.0), Included(1.0));
-        let reals: [(&str, f64, Interval<f64>); 16] = [
+        let reals: [(&str, f64, Interval<f64>); 17] = [
             ("selfplay.temperature", s.temperature.into(), temperature),
             ("rl.temperature", rl.temperature.into(), temperature),
             ("rl.entropy_coef", rl.entropy_coef, non_negative),
@@ -351,6 +356,11 @@ impl Config {
             ("reward.format_penalty", w.format_penalty.into(), reward),
             ("reward.wrong_answer", w.wrong_answer.into(), reward),
             ("reward.unlearnable", w.unlearnable.into(), reward),
+            (
+                "run.save_every_minutes",
+                r.save_every_minutes,
+                (Included(0.0), Included(1e6)),
+            ),
         ];
         for (key, value, (low, high)) in reals {
             if !value.is_finite() {

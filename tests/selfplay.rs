@@ -100,6 +100,8 @@ fn two_steps_then_resume_to_the_third() {
         "abduction",
         "induction",
         "update",
+        // smoke.toml saves every step, and the metrics say what it cost.
+        "checkpoint_seconds",
     ] {
         assert!(
             lines[1].get(key).is_some(),

@@ -30,6 +30,7 @@ mod step;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::DType;
 use rand::{rngs::StdRng, SeedableRng};
@@ -37,7 +38,7 @@ use rand::{rngs::StdRng, SeedableRng};
 pub use step::{group_of, StepMetrics, TypeMetrics, Validation};
 
 use crate::buffer::{seed, Buffer, BufferError};
-use crate::config::Config;
+use crate::config::{Config, RunConfig};
 use crate::model::{provision, DeviceSpec, Model, ModelError, TextTokenizer};
 use crate::rl::checkpoint::{self, TokenizerFiles, TrainState};
 use crate::rl::optim::AdamW;
@@ -149,6 +150,7 @@ pub async fn run(
     };
 
     let mut last_saved = done;
+    let mut saved_at = Instant::now();
     let mut last = done;
     let mut stopped = false;
     for step_no in done + 1..=opts.steps {
@@ -173,15 +175,20 @@ pub async fn run(
         if every > 0 && step_no % every == 0 {
             metrics.validation = Some(validate(config, &policy, &sandbox).await?);
         }
+        last = step_no;
+        // Saved before the step's metrics are recorded, so they can say what saving cost; a
+        // kill in between loses that one metrics line, never a step of training.
+        let last_one = step_no == opts.steps || stop.load(Ordering::Relaxed);
+        if last_one || save_due(&config.run, step_no - last_saved, saved_at.elapsed()) {
+            let started = Instant::now();
+            save(&dir, &policy, &tokenizer_files, &optimizer, config, step_no)?;
+            metrics.checkpoint_seconds = Some(started.elapsed().as_secs_f64());
+            (last_saved, saved_at) = (step_no, Instant::now());
+        }
         let json = serde_json::to_value(&metrics).expect("metrics serialise");
         buffer.record_metrics(step_no as i64, &json)?;
         dir.append_metrics(&json)?;
         on_step(&metrics);
-        last = step_no;
-        if step_no % config.run.save_every == 0 || step_no == opts.steps {
-            save(&dir, &policy, &tokenizer_files, &optimizer, config, step_no)?;
-            last_saved = step_no;
-        }
     }
     if last > last_saved {
         save(&dir, &policy, &tokenizer_files, &optimizer, config, last)?;
@@ -191,6 +198,13 @@ pub async fn run(
         last_step: last,
         stopped,
     })
+}
+
+/// The checkpoint policy: every `save_every` steps, or once `save_every_minutes` have passed
+/// since the last save, whichever comes first.
+fn save_due(run: &RunConfig, steps_since: u64, since: Duration) -> bool {
+    let minutes = run.save_every_minutes;
+    steps_since >= run.save_every || (minutes > 0.0 && since.as_secs_f64() >= 60.0 * minutes)
 }
 
 fn save(
@@ -285,4 +299,27 @@ async fn seed_buffer(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_follow_steps_or_time_whichever_comes_first() {
+        let run = RunConfig {
+            save_every: 100,
+            save_every_minutes: 15.0,
+            ..RunConfig::default()
+        };
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert!(!save_due(&run, 1, minutes(14)));
+        assert!(save_due(&run, 1, minutes(15)));
+        assert!(save_due(&run, 100, minutes(0)));
+        let steps_only = RunConfig {
+            save_every_minutes: 0.0,
+            ..run
+        };
+        assert!(!save_due(&steps_only, 99, minutes(600)));
+    }
 }

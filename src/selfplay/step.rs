@@ -70,6 +70,9 @@ pub struct StepMetrics {
     /// CRUXEval accuracy, on the steps that measure it (`run.validate_every`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// Seconds spent writing the checkpoint of this step, on the steps that save one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seconds: Option<f64>,
 }
 
 /// Greedy accuracy on a fixed CRUXEval subset.
