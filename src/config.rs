@@ -153,7 +153,7 @@ impl Default for SelfplayConfig {
             solve_tokens: 384,
             temperature: 0.7,
             top_p: 1.0,
-            generate_batch: 8,
+            generate_batch: 32,
             seed_tasks: SeedTasks {
                 deduction: 3,
                 abduction: 3,

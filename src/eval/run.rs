@@ -215,6 +215,7 @@ pub fn generate(
                 }
             }
         },
+        |_| {},
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let mut eval = checks.finish(progress, false);

@@ -101,13 +101,14 @@ pub fn generate(
     config: &GenerateConfig,
 ) -> Result<Vec<Generation>, ModelError> {
     let weights = decode_weights(model, config)?;
-    generate_using(model, weights, tokenizer, prompts, config)
+    generate_using(model, weights, tokenizer, prompts, config, &mut |_| {})
 }
 
 /// Completions for `prompts`, `batch` at a time; batch k samples with seed `seed + k`. The
 /// batches share one set of bf16 decode copies, as the weights do not change between them.
 /// `done(start, batch)` sees each batch as it finishes (its first prompt's index, its
-/// completions), so a caller can start checking them while the next batch generates.
+/// completions), so a caller can start checking them while the next batch generates;
+/// `sampled(n)` sees every sampling step (n tokens, one per live row), for progress displays.
 pub fn generate_batches(
     model: &Model,
     tokenizer: &dyn Vocabulary,
@@ -115,6 +116,7 @@ pub fn generate_batches(
     config: &GenerateConfig,
     batch: usize,
     mut done: impl FnMut(usize, &[Generation]),
+    mut sampled: impl FnMut(usize),
 ) -> Result<Vec<Generation>, ModelError> {
     let weights = decode_weights(model, config)?;
     let mut out = Vec::with_capacity(prompts.len());
@@ -123,7 +125,14 @@ pub fn generate_batches(
             seed: config.seed.wrapping_add(k as u64),
             ..config.clone()
         };
-        let generated = generate_using(model, weights.clone(), tokenizer, chunk, &config)?;
+        let generated = generate_using(
+            model,
+            weights.clone(),
+            tokenizer,
+            chunk,
+            &config,
+            &mut sampled,
+        )?;
         done(out.len(), &generated);
         out.extend(generated);
     }
@@ -148,6 +157,7 @@ fn generate_using(
     tokenizer: &dyn Vocabulary,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
+    sampled: &mut dyn FnMut(usize),
 ) -> Result<Vec<Generation>, ModelError> {
     let device = model.device().clone();
     let sampling = Sampling {
@@ -170,6 +180,7 @@ fn generate_using(
     let mut live: Vec<usize> = (0..b).collect();
     for step in 0..config.max_new_tokens {
         let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        sampled(logits_rows.len());
         let mut next = Vec::with_capacity(live.len());
         let mut keep = Vec::with_capacity(live.len());
         for (pos, row) in logits_rows.iter().enumerate() {

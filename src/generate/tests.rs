@@ -63,8 +63,9 @@ fn bf16_decode_runs(model: &Model) -> bool {
     runs
 }
 
+/// Batches of 8 and of 32 rows (past the 16 rows the decode kernel once stopped at).
 #[test]
-fn greedy_output_is_the_same_alone_and_in_a_batch_of_eight() {
+fn greedy_output_is_the_same_alone_and_in_a_batch() {
     let model = model();
     for bf16_decode in [false, true] {
         if bf16_decode && !bf16_decode_runs(&model) {
@@ -74,16 +75,28 @@ fn greedy_output_is_the_same_alone_and_in_a_batch_of_eight() {
             bf16_decode,
             ..greedy(12)
         };
-        let batch = generate(&model, &Letters, &prompts(), &config).unwrap();
-        for (prompt, together) in prompts().iter().zip(&batch) {
-            let alone = generate(&model, &Letters, std::slice::from_ref(prompt), &config)
-                .unwrap()
-                .remove(0);
-            assert_eq!(
-                alone.tokens, together.tokens,
-                "prompt {prompt:?} ({bf16_decode})"
-            );
-            assert_eq!(alone.finish, together.finish);
+        let alone: Vec<_> = prompts()
+            .iter()
+            .map(|p| {
+                generate(&model, &Letters, std::slice::from_ref(p), &config)
+                    .unwrap()
+                    .remove(0)
+            })
+            .collect();
+        for copies in [1, 4] {
+            let prompts: Vec<_> = (0..copies).flat_map(|_| prompts()).collect();
+            let batch = generate(&model, &Letters, &prompts, &config).unwrap();
+            for (i, together) in batch.iter().enumerate() {
+                let alone = &alone[i % alone.len()];
+                assert_eq!(
+                    alone.tokens,
+                    together.tokens,
+                    "prompt {:?} in a batch of {} ({bf16_decode})",
+                    prompts[i],
+                    prompts.len()
+                );
+                assert_eq!(alone.finish, together.finish);
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Most rows of `x` the kernel takes; larger products (prefill, training) go to gemm.
-pub const MAX_ROWS: usize = 16;
+pub const MAX_ROWS: usize = 64;
 
 /// Whether [`matmul_nt`] can compute `x · wᵀ` for these operands on this machine.
 pub fn usable(x: &Tensor, w: &Tensor) -> bool {

@@ -23,6 +23,7 @@
 
 mod cold_start;
 pub mod policy;
+pub mod progress;
 pub mod run_dir;
 pub mod run_lock;
 mod step;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use candle_core::DType;
 use rand::{rngs::StdRng, SeedableRng};
 
+pub use progress::{Phase, PhaseProgress, Progress};
 pub use step::{group_of, StepMetrics, TypeMetrics, Validation};
 
 use crate::buffer::{seed, Buffer, BufferError};
@@ -92,11 +94,12 @@ pub struct Summary {
 }
 
 /// Runs self-play. `stop` is polled between steps and phases (Ctrl-C and SIGTERM set it): the
-/// run then saves a checkpoint of its last finished step and returns. `on_step` sees every
-/// step's metrics.
+/// run then saves a checkpoint of its last finished step and returns. `progress` hears each
+/// step's phases as they go, `on_step` sees every step's metrics.
 pub async fn run(
     opts: &Options,
     stop: Arc<AtomicBool>,
+    progress: &Progress,
     mut on_step: impl FnMut(&StepMetrics),
 ) -> Result<Summary, SelfplayError> {
     let dir = RunDir::new(&opts.run);
@@ -161,6 +164,7 @@ pub async fn run(
         let mut rng = StdRng::seed_from_u64(checkpoint::step_seed(config.run.seed, step_no));
         let mut step = step::Step {
             config,
+            progress,
             policy: &policy,
             optimizer: &mut optimizer,
             sandbox: &sandbox,
@@ -289,6 +293,8 @@ async fn seed_buffer(
         sandbox,
         buffer,
         framed: false,
+        // The cold start shows its own progress bar.
+        progress: &Progress::default(),
     };
     let report = cold_start::seed(&proposer, stop).await?;
     if report.proposals.iter().sum::<usize>() > 0 {

@@ -36,19 +36,28 @@ impl Policy {
         config: &GenerateConfig,
         batch: usize,
     ) -> Result<Vec<Generation>, ModelError> {
-        self.sample_with(prompts, config, batch, |_, _| {})
+        self.sample_with(prompts, config, batch, |_, _| {}, |_| {})
     }
 
     /// [`Policy::sample`], calling `done(start, batch)` as each batch finishes (its first
     /// prompt's index, its completions), so a caller can start checking them while the next
-    /// batch generates.
+    /// batch generates, and `sampled(n)` after every sampling step (n tokens).
     pub fn sample_with(
         &self,
         prompts: &[Vec<u32>],
         config: &GenerateConfig,
         batch: usize,
         done: impl FnMut(usize, &[Generation]),
+        sampled: impl FnMut(usize),
     ) -> Result<Vec<Generation>, ModelError> {
-        generate::generate_batches(&self.model, &self.tokenizer, prompts, config, batch, done)
+        generate::generate_batches(
+            &self.model,
+            &self.tokenizer,
+            prompts,
+            config,
+            batch,
+            done,
+            sampled,
+        )
     }
 }

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 
 use super::policy::Policy;
+use super::progress::{Phase, Progress};
 use super::SelfplayError;
 use crate::buffer::{Attempt, Buffer, Inserted, Origin, StoredTask};
 use crate::config::Config;
@@ -27,6 +28,7 @@ pub(crate) const STOP: &str = parse::ANSWER_END;
 /// Everything a step needs.
 pub struct Step<'a> {
     pub config: &'a Config,
+    pub progress: &'a Progress,
     pub policy: &'a Policy,
     pub optimizer: &'a mut AdamW,
     pub sandbox: &'a Sandbox,
@@ -141,6 +143,7 @@ pub(crate) struct Proposer<'a> {
     /// Whether a proposal must keep the R1 frame. AZR's seeding reads the blocks of the
     /// whole completion; training rewards only framed proposals.
     pub framed: bool,
+    pub progress: &'a Progress,
 }
 
 /// Proposals generated and validated.
@@ -218,11 +221,13 @@ impl Proposer<'_> {
         let prompt_tokens: Vec<Vec<u32>> = proposals.iter().map(|p| p.prompt.clone()).collect();
         let shared = Arc::new(self.config.clone());
         let mut checks = Vec::with_capacity(proposals.len());
+        self.progress.start(Phase::Proposing, proposals.len());
         let completions = self.policy.sample_with(
             &prompt_tokens,
             sampling,
             self.config.selfplay.generate_batch,
             |start, batch| {
+                self.progress.finished(batch.len());
                 for (p, g) in proposals[start..].iter().zip(batch) {
                     let (sandbox, config, p) = (self.sandbox.clone(), shared.clone(), p.clone());
                     let text = with_stop(g);
@@ -232,9 +237,11 @@ impl Proposer<'_> {
                     }));
                 }
             },
+            |live| self.progress.sampled(live),
         )?;
         let generate_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
+        self.progress.start(Phase::Validating, checks.len());
         let validated = joined(checks).await?;
         Ok(Proposed {
             proposals,
@@ -352,7 +359,9 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
         sandbox,
         buffer: s.buffer,
         framed: true,
+        progress: s.progress,
     };
+    s.progress.step(s.step);
     let proposals = proposer.prompts([c.propose_batch; 3], s.rng)?;
     let Proposed {
         proposals,
@@ -395,11 +404,14 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     let t = Instant::now();
     let mut texts: Vec<String> = Vec::with_capacity(solve_prompts.len());
     let mut judging = Vec::with_capacity(tasks.len());
+    let progress = s.progress;
+    progress.start(Phase::Solving, solve_prompts.len());
     let answers = s.policy.sample_with(
         &solve_prompts,
         &sampling(s, c.solve_tokens, 2),
         c.generate_batch,
         |_, batch| {
+            progress.finished(batch.len());
             texts.extend(batch.iter().map(with_stop));
             while (judging.len() + 1) * c.samples <= texts.len() {
                 let k = judging.len();
@@ -410,9 +422,11 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
                 }));
             }
         },
+        |live| progress.sampled(live),
     )?;
     m.generate_seconds += t.elapsed().as_secs_f64();
     let t = Instant::now();
+    progress.start(Phase::Judging, judging.len());
     let judged = joined(judging).await?;
     m.sandbox_seconds += t.elapsed().as_secs_f64();
 
@@ -474,6 +488,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
 
     // 5. Advantages and the policy update.
     let t = Instant::now();
+    progress.start(Phase::Updating, rollouts.len());
     if let Some(reference) = s.reference {
         update::reference_logprobs(reference, &mut rollouts, &s.config.rl)?;
     }
