@@ -242,7 +242,7 @@ impl Proposer<'_> {
         let generate_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
         self.progress.start(Phase::Validating, checks.len());
-        let validated = joined(checks).await?;
+        let validated = joined(checks, self.progress).await?;
         Ok(Proposed {
             proposals,
             completions,
@@ -330,13 +330,17 @@ pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64)
 }
 
 /// The results of spawned checks, in order.
-async fn joined<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Result<Vec<T>, SelfplayError> {
+async fn joined<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    progress: &Progress,
+) -> Result<Vec<T>, SelfplayError> {
     let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {
         out.push(
             task.await
                 .map_err(|e| SelfplayError::Check(e.to_string()))?,
         );
+        progress.finished(1);
     }
     Ok(out)
 }
@@ -427,7 +431,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     m.generate_seconds += t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress.start(Phase::Judging, judging.len());
-    let judged = joined(judging).await?;
+    let judged = joined(judging, progress).await?;
     m.sandbox_seconds += t.elapsed().as_secs_f64();
 
     // 4. Reward both roles.
