@@ -3,23 +3,14 @@
 //! claim equality, leaked expected values, one answer changing another's run, early exits,
 //! banned modules by other spellings). Each attack must end as "wrong" or "invalid".
 
-use std::sync::OnceLock;
+mod common;
 
-use azr::config::SandboxConfig;
-use azr::sandbox::Sandbox;
+use common::sandbox;
+
 use azr::tasks::parse;
 use azr::tasks::reward::{self, Verdict};
 use azr::tasks::validate::{self, Rejection};
 use azr::tasks::{Task, TaskType};
-
-fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        let mut config = SandboxConfig::default();
-        config.limits.timeout_ms = 2_000;
-        Sandbox::new(&config).expect("sandbox")
-    })
-}
 
 async fn validate(task_type: TaskType, program: &str, input: &str) -> Result<Task, Rejection> {
     let text = format!(

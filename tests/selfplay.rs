@@ -77,6 +77,19 @@ fn checkpoint_steps(run: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until the run in `child` has written its first checkpoint (it is then into step 2).
+fn wait_for_a_checkpoint(run: &Path, child: &mut std::process::Child) {
+    let started = Instant::now();
+    while checkpoint_steps(run).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint after 10 minutes"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "selfplay exited early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn two_steps_then_resume_to_the_third() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,15 +255,7 @@ fn killed_mid_step_resumes_from_the_last_checkpoint() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while checkpoint_steps(&run).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no checkpoint after 10 minutes"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "selfplay exited early");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_a_checkpoint(&run, &mut child);
     // Step 2 is under way: kill without warning.
     std::thread::sleep(Duration::from_secs(5));
     child.kill().unwrap();
@@ -297,19 +302,12 @@ fn sigterm_saves_the_step_in_progress_and_stops() {
     let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let child = command(&smoke(), &run, 4)
+    let mut child = command(&smoke(), &run, 4)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while checkpoint_steps(&run).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no checkpoint after 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_a_checkpoint(&run, &mut child);
     // Step 2 is under way.
     // SAFETY: kill only sends a signal to our child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

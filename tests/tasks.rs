@@ -1,24 +1,16 @@
 //! Tasks end to end with hand-written model outputs, through the real sandbox: proposals of each
 //! type (valid and invalid), format errors, solver answers (right and wrong), rewards, seeding.
 
-use std::sync::OnceLock;
+mod common;
+
+use common::sandbox;
 
 use azr::buffer::{seed, Buffer, Inserted, Origin};
-use azr::config::SandboxConfig;
-use azr::sandbox::{Outcome, Sandbox};
+use azr::sandbox::Outcome;
 use azr::tasks::parse::{self, ParseError};
 use azr::tasks::reward::{self, learnability, RewardConfig, SolveRate, Verdict};
 use azr::tasks::validate::{self, Rejection};
 use azr::tasks::{Task, TaskType};
-
-fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        let mut config = SandboxConfig::default();
-        config.limits.timeout_ms = 2_000;
-        Sandbox::new(&config).expect("sandbox")
-    })
-}
 
 /// A model completion proposing `program` with `input`.
 fn proposal(program: &str, input: &str) -> String {
