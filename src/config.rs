@@ -157,7 +157,7 @@ impl Default for SelfplayConfig {
             seed_tasks: SeedTasks {
                 deduction: 3,
                 abduction: 3,
-                induction: 1,
+                induction: 3,
             },
             seed_attempts: 64,
         }
@@ -339,7 +339,7 @@ impl Config {
         let zero_to_one = (Included(0.0), Included(1.0));
         // A correct answer earns 1; the other rewards are on the same scale.
         let reward = (Included(-1.0), Included(1.0));
-        let reals: [(&str, f64, Interval<f64>); 17] = [
+        let reals: [(&str, f64, Interval<f64>); 18] = [
             ("selfplay.temperature", s.temperature.into(), temperature),
             ("rl.temperature", rl.temperature.into(), temperature),
             ("rl.entropy_coef", rl.entropy_coef, non_negative),
@@ -356,6 +356,7 @@ impl Config {
             ("reward.format_penalty", w.format_penalty.into(), reward),
             ("reward.wrong_answer", w.wrong_answer.into(), reward),
             ("reward.unlearnable", w.unlearnable.into(), reward),
+            ("reward.truncated", w.truncated.into(), reward),
             (
                 "run.save_every_minutes",
                 r.save_every_minutes,

@@ -85,6 +85,14 @@ async fn invalid_proposals_are_rejected_with_the_reason() {
             proposal("def f(x):\n    return 'y' * x", "1000000"),
             "output_too_long",
         ),
+        (
+            proposal("def f(words, k):\n    ...", "['a'], 2"),
+            "returns_none",
+        ),
+        (
+            proposal("def f(xs):\n    xs.sort()", "[2, 1]"),
+            "returns_none",
+        ),
     ];
     for (text, kind) in cases {
         let rejection = propose(TaskType::Deduction, &text).await.unwrap_err();
@@ -134,6 +142,19 @@ async fn induction_needs_every_input_valid_and_distinct_and_hides_the_larger_hal
     );
     let failing = induction(&["[3, 1, 2]", "[None, 1]", "[9]", "[]"], 4).await;
     assert_eq!(failing.unwrap_err().kind(), "raised");
+    // Some None outputs are fine; all None leaves nothing to infer.
+    let get = "def f(d, k):\n    return d.get(k)";
+    let some_none = parse::inputs_proposal(&inputs_text(&["{1: 2}, 1", "{}, 1"])).unwrap();
+    assert!(validate::induction_task(sandbox(), get, &some_none, 2)
+        .await
+        .is_ok());
+    let all_none = parse::inputs_proposal(&inputs_text(&["{1: 2}, 3", "{}, 1"])).unwrap();
+    assert_eq!(
+        validate::induction_task(sandbox(), get, &all_none, 2)
+            .await
+            .unwrap_err(),
+        Rejection::ReturnsNone
+    );
     let few = induction(&["[1]", "[2]", "[3]"], 4).await;
     assert_eq!(
         few.unwrap_err(),
@@ -238,7 +259,7 @@ async fn deduction_answers_are_judged_as_python_values() {
     assert_eq!(correct, [true, true, true, false, false]);
     assert_eq!(verdicts[4], Verdict::Malformed(ParseError::NoThinkEnd));
     let config = RewardConfig::default();
-    let rewards: Vec<f32> = verdicts.iter().map(|v| v.reward(&config)).collect();
+    let rewards: Vec<f32> = verdicts.iter().map(|v| v.reward(&config, false)).collect();
     assert_eq!(rewards, [1.0, 1.0, 1.0, -0.5, -1.0]);
 }
 

@@ -185,7 +185,6 @@ impl Proposer<'_> {
                             prompt: self.policy.render(&prompts::propose_inputs(
                                 &from.task.program,
                                 c.induction_inputs,
-                                banned,
                             ))?,
                             parents: vec![from.id],
                             program: Some(from.task.program.clone()),
@@ -456,7 +455,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
             rollouts.push(rollout(
                 &solve_prompts[i],
                 &answers[i],
-                verdict.reward(&rewards),
+                verdict.reward(&rewards, answers[i].finish == Finish::Length),
                 task.task.task_type,
                 Role::Solver,
                 k as u64,

@@ -16,8 +16,6 @@ pub enum ParseError {
     NoAnswerEnd,
     #[error("the answer is empty")]
     EmptyAnswer,
-    #[error("a ``` block is not closed")]
-    UnclosedBlock,
     #[error("no ```{0} block in the answer")]
     MissingBlock(&'static str),
 }
@@ -70,14 +68,10 @@ pub struct Block<'a> {
     pub body: &'a str,
 }
 
-/// Every fenced block in `text`, in order.
-pub fn blocks(text: &str) -> Result<Vec<Block<'_>>, ParseError> {
-    let parts: Vec<&str> = text.split("```").collect();
-    if parts.len().is_multiple_of(2) {
-        return Err(ParseError::UnclosedBlock);
-    }
-    Ok(parts
-        .iter()
+/// Every fenced block in `text`, in order. A last block left open ends with the text: the
+/// answer's end closes it, as `</answer>` closes an open answer at the end of the turn.
+pub fn blocks(text: &str) -> Vec<Block<'_>> {
+    text.split("```")
         .skip(1)
         .step_by(2)
         .map(|inside| {
@@ -87,7 +81,7 @@ pub fn blocks(text: &str) -> Result<Vec<Block<'_>>, ParseError> {
                 body: trim_blank_lines(body),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Drops blank lines at both ends but keeps the indentation of the first real line.
@@ -142,10 +136,10 @@ pub fn program_proposal(text: &str) -> Result<ProgramProposal, ParseError> {
 
 /// The first ```python and ```input blocks of `text`, framed or not.
 pub fn program_blocks(text: &str) -> Result<ProgramProposal, ParseError> {
-    let blocks = blocks(text)?;
+    let blocks = blocks(text);
     Ok(ProgramProposal {
         program: first(&blocks, "python")?.to_string(),
-        input: first(&blocks, "input")?.trim().to_string(),
+        input: call_arguments(first(&blocks, "input")?.trim()).to_string(),
     })
 }
 
@@ -163,10 +157,10 @@ pub fn inputs_proposal(text: &str) -> Result<InputsProposal, ParseError> {
 
 /// The ```input blocks and the first ```message block of `text`, framed or not.
 pub fn inputs_blocks(text: &str) -> Result<InputsProposal, ParseError> {
-    let blocks = blocks(text)?;
+    let blocks = blocks(text);
     let inputs: Vec<String> = of_kind(&blocks, "input")
         .into_iter()
-        .map(|s| s.trim().to_string())
+        .map(|s| call_arguments(s.trim()).to_string())
         .filter(|s| !s.is_empty())
         .collect();
     if inputs.is_empty() {
@@ -182,7 +176,7 @@ pub fn inputs_blocks(text: &str) -> Result<InputsProposal, ParseError> {
 /// fenced block when it has any.
 pub fn value_answer(text: &str) -> Result<String, ParseError> {
     let answer = frame(text)?.answer;
-    let blocks = blocks(answer)?;
+    let blocks = blocks(answer);
     let value = blocks.last().map_or(answer, |b| b.body);
     match value.trim() {
         "" => Err(ParseError::EmptyAnswer),
@@ -190,10 +184,48 @@ pub fn value_answer(text: &str) -> Result<String, ParseError> {
     }
 }
 
+/// An abduction answer: the call's arguments, also when the answer writes the whole call
+/// `f(ARGS)` (the call judged is the same either way).
+pub fn input_answer(text: &str) -> Result<String, ParseError> {
+    Ok(call_arguments(&value_answer(text)?).to_string())
+}
+
+/// An input as the call's arguments: `ARGS` of a whole call `f(ARGS)`, else `value` as it is.
+fn call_arguments(value: &str) -> &str {
+    whole_call(value).unwrap_or(value)
+}
+
+/// `ARGS` of `f(ARGS)` when the parenthesis opened after `f` is the one that closes at the
+/// end: `f(1) + f(2)` is not one call. Brackets inside string literals do not count.
+fn whole_call(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix("f(")?.strip_suffix(')')?;
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for c in inner.chars() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+    }
+    (depth == 0 && quote.is_none()).then_some(inner)
+}
+
 /// An induction answer: the last ```python block, or the bare answer when it has no fences.
 pub fn program_answer(text: &str) -> Result<String, ParseError> {
     let answer = frame(text)?.answer;
-    let blocks = blocks(answer)?;
+    let blocks = blocks(answer);
     if blocks.is_empty() {
         return Ok(answer.to_string());
     }
@@ -267,10 +299,8 @@ mod tests {
             program_proposal(&wrap("```python\ndef f(x): return x\n```")).unwrap_err(),
             ParseError::MissingBlock("input")
         );
-        assert_eq!(
-            program_proposal(&wrap("```python\ndef f(x): return x\n")).unwrap_err(),
-            ParseError::UnclosedBlock
-        );
+        let open = program_proposal(&wrap("```python\ndef f(x): return x\n```\n```input\n3\n"));
+        assert_eq!(open.unwrap().input, "3");
         // The first code and input blocks count, as in AZR.
         let p = program_proposal(&wrap(
             "```python\na\n```\n```python\nb\n```\n```input\n1\n```",
@@ -291,6 +321,11 @@ mod tests {
         let p = inputs_proposal(text).unwrap();
         assert_eq!(p.inputs, ["1", "[2, 3]"]);
         assert_eq!(p.message, "Doubles it.");
+        // Inputs written as whole calls, and a message block the answer's end closes.
+        let text = "<think>t</think><answer>```input\nf(1)\n```\n```input\nf([2], 'x')\n```\n```message\nDoubles it.</answer>";
+        let p = inputs_proposal(text).unwrap();
+        assert_eq!(p.inputs, ["1", "[2], 'x'"]);
+        assert_eq!(p.message, "Doubles it.");
     }
 
     #[test]
@@ -304,8 +339,21 @@ mod tests {
     }
 
     #[test]
+    fn an_input_answer_may_write_the_whole_call() {
+        let answer = |a: &str| input_answer(&format!("t</think><answer>{a}</answer>"));
+        assert_eq!(answer("'ab', [1, 2]").unwrap(), "'ab', [1, 2]");
+        assert_eq!(answer("f('ab', [1, 2])").unwrap(), "'ab', [1, 2]");
+        assert_eq!(answer("f(')(', g(1))").unwrap(), "')(', g(1)");
+        // Not one call: left as written (and judged as such).
+        assert_eq!(answer("f(1) + f(2)").unwrap(), "f(1) + f(2)");
+        assert_eq!(answer("f(')')").unwrap(), "')'");
+        assert_eq!(answer("f('a\\')')").unwrap(), "'a\\')'");
+        assert_eq!(answer("f('a'), (1)").unwrap(), "f('a'), (1)");
+    }
+
+    #[test]
     fn indentation_of_code_is_kept() {
-        let b = blocks("```python\n\n    x = 1\n```").unwrap();
+        let b = blocks("```python\n\n    x = 1\n```");
         assert_eq!(b[0].body, "    x = 1");
     }
 

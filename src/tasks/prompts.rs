@@ -29,7 +29,8 @@ between calls.
 - It does not import any of these modules: {banned}.
 - Inputs and outputs are Python literals: numbers, strings, booleans, None, and lists, tuples, \
 dicts and sets of them.
-- An input is written as the arguments of the call: `'abc', [1, 2]` means f('abc', [1, 2]).";
+- An input is written as the arguments of one call, exactly as they go between the parentheses \
+of `f(...)`: for `def f(a, b)`, an input `A, B` means the call f(A, B).";
 
 const PROPOSE_PROGRAM: &str = "## Task: invent a new {kind} exercise
 Design a Python program and one input for it. A solver will see {solver_sees} and must \
@@ -46,37 +47,36 @@ a copy with other names or numbers.
 
 {references}Plan inside <think> </think> first: pick an idea, sketch the program, choose an \
 input that goes through its interesting paths, and check that the program works on it. Then \
-give the program and the input inside <answer> </answer>, each in its fenced block, like \
-this (with your own program and input):
+give the input and the program inside <answer> </answer>, each in its fenced block, the input \
+first, like this (with your own input and program):
 <think>
 YOUR PLAN
 </think>
 <answer>
+```input
+['apple', 'kiwi', 'fig'], 2
+```
 ```python
 def f(words, k):
     ...
 ```
-```input
-['apple', 'kiwi', 'fig'], 2
-```
 </answer>";
 
-const PROPOSE_INPUTS: &str = "## Task: turn a program into a program-writing exercise
-A solver will have to write this program without seeing it, from some of your inputs with \
-the outputs `f` gives for them, and from your message:
+const PROPOSE_INPUTS: &str = "## Task: choose the test inputs of a program-writing exercise
+Here is a program:
 ```python
 {program}
 ```
-Write {n} inputs for `f` and a message.
-- Each input is the arguments of one call `{call}`, as Python literals.
+A solver will have to write this program without seeing it, from some of your inputs with \
+the outputs `f` gives for them, and from your message. Write {n} inputs for `f` and a message.
+- Each input is the arguments of one call `{call}`, written as Python literals (numbers, \
+strings, booleans, None, and lists, tuples, dicts and sets of them).
 - The inputs are all different and together cover what `f` does: typical cases, edge cases \
 and each branch of its logic, so that the shown ones pin its behaviour down and the hidden ones \
 test it.
 - Every input is valid: `f` returns a value for it, without an error.
 - The message helps without giving the code away: describe in words what `f` computes, or ask \
 the question it answers.
-
-{rules}
 
 Plan the inputs inside <think> </think> first. Then give them inside <answer> </answer>: \
 {n} fenced input blocks, one input each, then the message in a fenced message block:
@@ -108,8 +108,8 @@ Find an input for which `f` returns this output.
 ```output
 {output}
 ```
-Reason step by step, then give the arguments of the call as Python literals (`'abc', 3` means \
-f('abc', 3)): <answer>ARGUMENTS</answer>";
+Reason step by step, then give the arguments of the call as Python literals, exactly as they go \
+between the parentheses of `f(...)`: <answer>ARGUMENTS</answer>";
 
 const SOLVE_INDUCTION: &str = "## Task: write the program
 Write a Python function `f` that produces these outputs from these inputs.
@@ -223,7 +223,9 @@ pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[Strin
 /// Prompt for proposing `n` inputs and a message for a program from the buffer (induction).
 /// The answer's shape is spelled out block by block: a 0.5B model asked for "n blocks" wrote
 /// two, and copied any concrete example input it was shown.
-pub fn propose_inputs(program: &str, n: usize, banned: &[String]) -> ChatPrompt {
+/// The program's rules are left out: the program is given, and a 0.5B model shown them wrote
+/// a program instead of inputs.
+pub fn propose_inputs(program: &str, n: usize) -> ChatPrompt {
     let blocks: Vec<String> = (1..=n)
         .map(|i| format!("```input\nINPUT {i}\n```"))
         .collect();
@@ -234,7 +236,6 @@ pub fn propose_inputs(program: &str, n: usize, banned: &[String]) -> ChatPrompt 
             ("n", &n.to_string()),
             ("call", &call_shape(program)),
             ("input_blocks", &blocks.join("\n")),
-            ("rules", &rules(banned)),
         ],
     ))
 }
@@ -307,7 +308,7 @@ mod tests {
         let prompts = [
             propose_program(TaskType::Deduction, &[task(TaskType::Deduction)], &banned),
             propose_program(TaskType::Abduction, &[], &banned),
-            propose_inputs("def f(a):\n    return a", 10, &banned),
+            propose_inputs("def f(a):\n    return a", 10),
             solve(&task(TaskType::Deduction), &banned),
             solve(&task(TaskType::Abduction), &banned),
             solve(&task(TaskType::Induction), &banned),
@@ -336,6 +337,7 @@ mod tests {
         assert!(prompts[0].user.contains("Existing exercise 1"));
         assert!(prompts[0].user.contains("os, random"));
         assert!(prompts[2].user.contains("Write 10 inputs"));
+        assert!(prompts[2].user.contains("one call `f(a)`"));
     }
 
     #[test]
@@ -348,7 +350,7 @@ mod tests {
             let p = solve(&t, &[]);
             assert!(p.user.contains(&t.program), "{}", p.user);
         }
-        let inputs = propose_inputs(&t.program, 3, &[]);
+        let inputs = propose_inputs(&t.program, 3);
         assert!(inputs.user.contains(&t.program), "{}", inputs.user);
         assert!(inputs.user.contains("one call `f(a)`"), "{}", inputs.user);
         assert!(inputs.user.contains("INPUT 3") && !inputs.user.contains("INPUT 4"));

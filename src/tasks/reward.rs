@@ -4,7 +4,8 @@
 //! The proposer earns learnability: `1 - rate` when the solver's Monte-Carlo success rate is
 //! strictly between 0 and 1, else `unlearnable` (0 in the paper; AZR's code uses -0.5).
 //! A malformed completion or an invalid proposal earns `format_penalty` in either role, a
-//! well-formatted wrong answer `wrong_answer` (-0.5, as in the paper's composite reward).
+//! well-formatted wrong answer `wrong_answer` (-0.5, as in the paper's composite reward), and
+//! a solver answer cut off by the token limit `truncated` (AZR: the format penalty).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,11 @@ pub struct RewardConfig {
     /// Proposer reward for a valid task that the solver always or never solved. The paper's rule
     /// is 0; AZR's released code gives -0.5.
     pub unlearnable: f32,
+    /// Solver reward for an answer the token limit cut off before it was complete. AZR counts
+    /// it as a format failure (-1) under an 8k-token limit; under a CPU run's few hundred
+    /// tokens that teaches the solver to stop reasoning, so a run may charge it as a wrong
+    /// answer instead.
+    pub truncated: f32,
 }
 
 impl Default for RewardConfig {
@@ -33,6 +39,7 @@ impl Default for RewardConfig {
             format_penalty: -1.0,
             wrong_answer: -0.5,
             unlearnable: 0.0,
+            truncated: -1.0,
         }
     }
 }
@@ -52,11 +59,12 @@ impl Verdict {
         matches!(self, Verdict::Correct)
     }
 
-    /// The solver's reward for this verdict.
-    pub fn reward(&self, config: &RewardConfig) -> f32 {
+    /// The solver's reward for this verdict; `cut_off` says the token limit ended the answer.
+    pub fn reward(&self, config: &RewardConfig, cut_off: bool) -> f32 {
         match self {
             Verdict::Correct => 1.0,
             Verdict::Wrong(_) => config.wrong_answer,
+            Verdict::Malformed(_) if cut_off => config.truncated,
             Verdict::Malformed(_) => config.format_penalty,
         }
     }
@@ -105,7 +113,8 @@ pub async fn judge(sandbox: &Sandbox, task: &Task, answers: &[String]) -> Vec<Ve
         .filter_map(|(i, text)| {
             let result = match task.task_type {
                 TaskType::Induction => parse::program_answer(text),
-                _ => parse::value_answer(text),
+                TaskType::Abduction => parse::input_answer(text),
+                TaskType::Deduction => parse::value_answer(text),
             };
             match result {
                 Ok(answer) => Some((i, answer)),
@@ -281,12 +290,14 @@ mod tests {
 
     #[test]
     fn verdict_rewards() {
-        let config = RewardConfig::default();
-        assert_eq!(Verdict::Correct.reward(&config), 1.0);
-        assert_eq!(Verdict::Wrong(String::new()).reward(&config), -0.5);
-        assert_eq!(
-            Verdict::Malformed(ParseError::NoThinkEnd).reward(&config),
-            -1.0
-        );
+        let config = RewardConfig {
+            truncated: -0.25,
+            ..RewardConfig::default()
+        };
+        assert_eq!(Verdict::Correct.reward(&config, false), 1.0);
+        assert_eq!(Verdict::Wrong(String::new()).reward(&config, true), -0.5);
+        let malformed = Verdict::Malformed(ParseError::NoThinkEnd);
+        assert_eq!(malformed.reward(&config, false), -1.0);
+        assert_eq!(malformed.reward(&config, true), -0.25);
     }
 }

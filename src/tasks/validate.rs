@@ -1,6 +1,6 @@
 //! Validation of proposals in the sandbox. A proposal becomes a [`Task`] only when its program
 //! parses, defines `f` with at least one argument, imports nothing banned, runs within limits,
-//! returns a plain literal whose repr round-trips, prints nothing, gives the same result in two
+//! returns a plain literal other than None whose repr round-trips, prints nothing, gives the same result in two
 //! fresh runs, and gives it again when called a second time in the same process (no state
 //! kept between calls). Outputs are always computed by running the program, never taken from the model.
 
@@ -42,6 +42,8 @@ pub enum Rejection {
     OutputTooLong(usize),
     #[error("f prints")]
     Prints,
+    #[error("f returns None: nothing to reason about")]
+    ReturnsNone,
     #[error("{given} inputs, {needed} needed")]
     TooFewExamples { given: usize, needed: usize },
     #[error("the input {0} is given more than once")]
@@ -70,6 +72,7 @@ impl Rejection {
             Rejection::NotRoundTrip(_) => "not_round_trip",
             Rejection::OutputTooLong(_) => "output_too_long",
             Rejection::Prints => "prints",
+            Rejection::ReturnsNone => "returns_none",
             Rejection::TooFewExamples { .. } => "too_few_examples",
             Rejection::RepeatedInput(_) => "repeated_input",
             Rejection::EmptyMessage => "empty_message",
@@ -122,6 +125,11 @@ fn valid_output(call: CallResult) -> Result<String, Rejection> {
     }
 }
 
+/// The repr of None. A program that returns it for the task's input (an empty body, a `...`
+/// copied from the format's example, a function that only mutates) leaves the solver nothing
+/// to work out: any input answers its abduction task.
+const NONE: &str = "None";
+
 /// Outputs must equal themselves read back as literals (NaN does not); compared where no model
 /// code runs, like every verdict.
 async fn round_trip(sandbox: &Sandbox, outputs: &[String]) -> Result<(), Rejection> {
@@ -152,6 +160,9 @@ pub async fn program_task(
         .next()
         .ok_or(Rejection::MissingFunction)?;
     let output = valid_output(call)?;
+    if output == NONE {
+        return Err(Rejection::ReturnsNone);
+    }
     round_trip(sandbox, std::slice::from_ref(&output)).await?;
     Ok(Task {
         task_type,
@@ -208,6 +219,9 @@ pub async fn induction_task(
             })
         })
         .collect::<Result<Vec<Example>, Rejection>>()?;
+    if examples.iter().all(|e| e.output == NONE) {
+        return Err(Rejection::ReturnsNone);
+    }
     let outputs: Vec<String> = examples.iter().map(|e| e.output.clone()).collect();
     round_trip(sandbox, &outputs).await?;
     Ok(Task {
