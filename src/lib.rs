@@ -12,6 +12,7 @@ pub mod config;
 pub mod durable;
 pub mod eval;
 pub mod generate;
+pub mod kernels;
 pub mod model;
 pub mod report;
 pub mod rl;

@@ -16,9 +16,10 @@ use candle_core::{DType, Device, Tensor, TensorId, Var};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use super::config::ModelConfig;
-use super::swiglu::swiglu;
 use super::weight_grads::{self, WeightGrads};
-use super::{attention, matvec, ops, ModelError};
+use super::{attention, ops, ModelError};
+use crate::kernels::matvec;
+use crate::kernels::swiglu::swiglu;
 
 /// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
 pub const MASKED: f64 = -1e9;

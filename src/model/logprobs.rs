@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, D};
 
 use super::decoder::{Grad, MASKED};
-use super::{softmax, weight_grads, Model};
+use super::{weight_grads, Model};
+use crate::kernels::softmax;
 
 /// A prompt and the completion whose tokens are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,16 @@
 //! The model: one Qwen2/Llama decoder whose weights are trainable candle `Var`s, loaded from and
 //! saved to Hugging Face folders (`config.json`, `model.safetensors`, `tokenizer.json`).
-//! `gguf` imports GGUF files into that layout; `provision` fetches the named models.
+//! `gguf` imports GGUF files into that layout; `provision` fetches the named models. The CPU
+//! kernels its ops run on live in `crate::kernels`.
 
 mod attention;
 pub mod config;
 pub mod decoder;
 pub mod device;
-mod gemm;
 pub mod gguf;
 pub mod logprobs;
-pub mod matvec;
 mod ops;
 pub mod provision;
-mod softmax;
-mod swiglu;
 pub mod tokenizer;
 pub mod weight_grads;
 
@@ -59,20 +56,4 @@ impl ModelError {
             detail: e.to_string(),
         }
     }
-}
-
-/// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
-#[cfg(test)]
-pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    let diff = (a.to_dtype(candle_core::DType::F32).unwrap()
-        - b.to_dtype(candle_core::DType::F32).unwrap())
-    .unwrap();
-    diff.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }

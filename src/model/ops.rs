@@ -183,7 +183,7 @@ impl Precomputed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::max_abs_diff;
+    use crate::kernels::max_abs_diff;
     use candle_core::Device;
 
     #[test]

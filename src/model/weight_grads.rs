@@ -18,7 +18,7 @@ use candle_core::{
     Tensor, TensorId, Var,
 };
 
-use super::gemm::{add_product, product, View};
+use crate::kernels::gemm::{add_product, product, View};
 
 /// One zeroed accumulator per matrix parameter, keyed by the parameter.
 pub struct WeightGrads {

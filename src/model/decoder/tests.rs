@@ -140,7 +140,7 @@ fn scored_logprobs_and_entropy_have_exact_gradients() {
     check_gradients(tiny(Architecture::Qwen2, false), loss);
 }
 
-use crate::model::max_abs_diff as max_diff;
+use crate::kernels::max_abs_diff as max_diff;
 
 /// Completions of one prompt share a row of the scoring pass, yet each gets the log-probs and
 /// gradients it gets when scored alone.

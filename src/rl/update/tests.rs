@@ -571,7 +571,7 @@ fn an_update_on_the_gpu_matches_the_cpu() {
     assert!((on_cpu.grad_norm - on_gpu.grad_norm).abs() < 1e-4 * on_cpu.grad_norm.max(1.0));
     for ((name, c), (_, g)) in cpu_model.named_vars().iter().zip(gpu_model.named_vars()) {
         let g = g.as_tensor().to_device(&Device::Cpu).unwrap();
-        let diff = crate::model::max_abs_diff(c.as_tensor(), &g);
+        let diff = crate::kernels::max_abs_diff(c.as_tensor(), &g);
         assert!(
             diff < 1e-5,
             "{name}: weights differ by {diff:.2e} after one update"

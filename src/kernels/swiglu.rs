@@ -180,7 +180,7 @@ mod tests {
             let objective = |y: Tensor| (y * w).unwrap().sum_all().unwrap();
             let fused = swiglu(&g, &u, true).unwrap();
             let composed = (g.silu().unwrap() * u.as_tensor()).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| crate::model::max_abs_diff(a, b) as f64;
+            let diff = |a: &Tensor, b: &Tensor| crate::kernels::max_abs_diff(a, b) as f64;
             let tol = 1e-5;
             assert!(diff(&fused, &composed) < tol);
             assert!(diff(&swiglu(&g, &u, false).unwrap(), &composed) < tol);

@@ -204,7 +204,7 @@ mod tests {
         let got = product(&sa, va, &sb, vb.t()).unwrap();
         let want = a.narrow(0, 2, 5).unwrap().matmul(&b.t().unwrap()).unwrap();
         let got = Tensor::from_vec(got.as_slice::<f64>().unwrap().to_vec(), (5, 3), &dev).unwrap();
-        assert!(crate::model::max_abs_diff(&got, &want) < 1e-12);
+        assert!(crate::kernels::max_abs_diff(&got, &want) < 1e-12);
 
         // dst (3, 5) += bᵀ... as a weight gradient: gᵀ (3, 7) · a (7, 5).
         let g = Tensor::randn(0f64, 1., (7, 3), &dev).unwrap();
@@ -215,7 +215,7 @@ mod tests {
         add_product(&mut sd, vd, &sg, vg.t(), &sa, va).unwrap();
         let want = (&start + g.t().unwrap().matmul(&a).unwrap()).unwrap();
         let got = Tensor::from_vec(sd.as_slice::<f64>().unwrap().to_vec(), (3, 5), &dev).unwrap();
-        assert!(crate::model::max_abs_diff(&got, &want) < 1e-12);
+        assert!(crate::kernels::max_abs_diff(&got, &want) < 1e-12);
     }
 
     #[test]

@@ -433,7 +433,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::max_abs_diff as max_diff;
+    use crate::kernels::max_abs_diff as max_diff;
 
     fn reference(x: &Tensor, w: &Tensor) -> Tensor {
         x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())

@@ -1,0 +1,24 @@
+//! CPU kernels the model's ops run on: the decode product (`matvec`), gemm-backed products
+//! that write or accumulate in place (`gemm`), the LM head's fused softmax statistics
+//! (`softmax`) and the MLP gate (`swiglu`). They know tensors and storage, not the decoder.
+
+pub(crate) mod gemm;
+pub(crate) mod matvec;
+pub(crate) mod softmax;
+pub(crate) mod swiglu;
+
+/// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let diff = (a.to_dtype(candle_core::DType::F32).unwrap()
+        - b.to_dtype(candle_core::DType::F32).unwrap())
+    .unwrap();
+    diff.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
