@@ -10,7 +10,7 @@ use serde::Serialize;
 pub enum ParseError {
     #[error("no </think> closing the reasoning")]
     NoThinkEnd,
-    #[error("no <answer> right after </think>")]
+    #[error("no <answer> after </think>")]
     NoAnswerStart,
     #[error("no </answer> closing the answer")]
     NoAnswerEnd,
@@ -34,21 +34,20 @@ const ANSWER: &str = "<answer>";
 /// Ends the answer.
 pub const ANSWER_END: &str = "</answer>";
 
-/// Checks the R1 frame as AZR does (`<think>.*?</think>\s*<answer>.*?</answer>` from the
-/// start): the reasoning (opened by the prompt, or by the completion) ends at the first
-/// `</think>` that is followed, after whitespace, by `<answer>`, and a `</answer>` comes later.
-/// The reasoning may mention the tags, and the last `<answer>…</answer>` block is the answer.
+/// Checks the R1 frame: the reasoning (opened by the prompt, or by the completion) ends at the
+/// first `</think>`, and the last `<answer>…</answer>` block after it is the answer. AZR reads
+/// `<think>.*?</think>\s*<answer>.*?</answer>` and so also wants nothing between the two
+/// tags; azr lets text stand there, because Qwen2.5-Coder-0.5B closes its reasoning early and
+/// goes on reasoning before the answer (its first self-play steps lost most well-answered
+/// completions to that rule alone). The reasoning may mention the tags.
 pub fn frame(text: &str) -> Result<Framed<'_>, ParseError> {
-    let mut closes = text.match_indices(THINK_END).map(|(i, _)| i).peekable();
-    if closes.peek().is_none() {
-        return Err(ParseError::NoThinkEnd);
-    }
-    let think_end = closes
-        .find(|&i| text[i + THINK_END.len()..].trim_start().starts_with(ANSWER))
-        .ok_or(ParseError::NoAnswerStart)?;
+    let think_end = text.find(THINK_END).ok_or(ParseError::NoThinkEnd)?;
     let think = text[..think_end].trim();
     let think = think.strip_prefix(THINK).unwrap_or(think);
     let rest = &text[think_end + THINK_END.len()..];
+    if !rest.contains(ANSWER) {
+        return Err(ParseError::NoAnswerStart);
+    }
     let close = rest.rfind(ANSWER_END).ok_or(ParseError::NoAnswerEnd)?;
     let open = rest[..close].rfind(ANSWER).ok_or(ParseError::NoAnswerEnd)?;
     let answer = rest[open + ANSWER.len()..close].trim();
@@ -257,10 +256,7 @@ mod tests {
     fn every_format_error_is_typed() {
         let cases: &[(&str, ParseError)] = &[
             ("<answer>1</answer>", ParseError::NoThinkEnd),
-            (
-                "<think>x</think> so <answer>1</answer>",
-                ParseError::NoAnswerStart,
-            ),
+            ("<think>x</think> so 1", ParseError::NoAnswerStart),
             ("<think>x</think><answer>1", ParseError::NoAnswerEnd),
             (
                 "<think>x</think><answer> \n </answer>",
@@ -274,8 +270,10 @@ mod tests {
 
     #[test]
     fn reasoning_may_mention_the_tags_and_the_last_answer_counts() {
-        // What AZR's `<think>.*?</think>\s*<answer>.*?</answer>` accepts.
+        // What AZR's `<think>.*?</think>\s*<answer>.*?</answer>` accepts, and words between
+        // the reasoning and the answer.
         let cases = [
+            ("t</think>\nSo f returns 5: <answer>5</answer>", "5"),
             (
                 "I will end with </think> and <answer>x</answer>.</think>\n<answer>1</answer>",
                 "1",
