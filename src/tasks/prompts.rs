@@ -32,6 +32,8 @@ dicts and sets of them.
 - An input is written as the arguments of one call, exactly as they go between the parentheses \
 of `f(...)`: for `def f(a, b)`, an input `A, B` means the call f(A, B).";
 
+/// The input block comes before the program in the answer: asked for the program first,
+/// Qwen2.5-Coder-0.5B often stopped after it, with no input block (BENCHMARKS.md, cold start).
 const PROPOSE_PROGRAM: &str = "## Task: invent a new {kind} exercise
 Design a Python program and one input for it. A solver will see {solver_sees} and must \
 {solver_task}. Your exercise is judged on three things:
@@ -221,10 +223,9 @@ pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[Strin
 }
 
 /// Prompt for proposing `n` inputs and a message for a program from the buffer (induction).
-/// The answer's shape is spelled out block by block: a 0.5B model asked for "n blocks" wrote
-/// two, and copied any concrete example input it was shown.
-/// The program's rules are left out: the program is given, and a 0.5B model shown them wrote
-/// a program instead of inputs.
+/// The answer's shape is spelled out block by block (a 0.5B model asked for "n blocks" wrote
+/// two, and copied any concrete example input it was shown), and the rules for writing a
+/// program are left out (the program is given; shown them, the model wrote a program).
 pub fn propose_inputs(program: &str, n: usize) -> ChatPrompt {
     let blocks: Vec<String> = (1..=n)
         .map(|i| format!("```input\nINPUT {i}\n```"))
@@ -337,7 +338,6 @@ mod tests {
         assert!(prompts[0].user.contains("Existing exercise 1"));
         assert!(prompts[0].user.contains("os, random"));
         assert!(prompts[2].user.contains("Write 10 inputs"));
-        assert!(prompts[2].user.contains("one call `f(a)`"));
     }
 
     #[test]
