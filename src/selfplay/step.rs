@@ -17,7 +17,7 @@ use crate::generate::{Finish, GenerateConfig, Generation};
 use crate::rl::optim::AdamW;
 use crate::rl::update::{self, Rollout, UpdateMetrics};
 use crate::sandbox::Sandbox;
-use crate::tasks::reward::{self, learnability, RateError, RewardConfig, SolveRate};
+use crate::tasks::reward::{self, learnability, RateError, RewardConfig, SolveRate, Verdict};
 use crate::tasks::validate::{self, Rejection};
 use crate::tasks::{parse, prompts, Role, Task, TaskType};
 
@@ -114,6 +114,12 @@ fn proposer_reward(
         (Err(Rejection::Duplicate), _) => Ok(rewards.unlearnable),
         (Err(_), _) => Ok(rewards.format_penalty),
     }
+}
+
+/// The solver's reward for a judged answer; the generation says whether the token limit cut
+/// it off.
+fn solver_reward(verdict: &Verdict, answer: &Generation, rewards: &RewardConfig) -> f32 {
+    verdict.reward(rewards, answer.finish == Finish::Length)
 }
 
 /// The GRPO group of a proposer rollout. Solver rollouts are grouped by task (0..tasks, the
@@ -455,7 +461,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
             rollouts.push(rollout(
                 &solve_prompts[i],
                 &answers[i],
-                verdict.reward(&rewards, answers[i].finish == Finish::Length),
+                solver_reward(verdict, &answers[i], &rewards),
                 task.task.task_type,
                 Role::Solver,
                 k as u64,
@@ -594,6 +600,20 @@ mod tests {
         assert_eq!(reward(Ok(7)), 0.75);
         assert_eq!(reward(Err(Rejection::Duplicate)), -0.5);
         assert_eq!(reward(Err(Rejection::MissingFunction)), -1.0);
+    }
+
+    #[test]
+    fn a_cut_off_answer_earns_the_truncation_reward() {
+        let rewards = RewardConfig {
+            truncated: -0.25,
+            ..RewardConfig::default()
+        };
+        let open = "plan</think>\n<answer>\n4";
+        let malformed = Verdict::Malformed(parse::value_answer(open).unwrap_err());
+        let reward = |finish| solver_reward(&malformed, &generation(open, finish), &rewards);
+        assert_eq!(reward(Finish::Length), -0.25);
+        assert_eq!(reward(Finish::Eos), -1.0);
+        assert_eq!(reward(Finish::Stop), -1.0);
     }
 
     #[test]

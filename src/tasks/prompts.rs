@@ -338,6 +338,11 @@ mod tests {
         assert!(prompts[0].user.contains("Existing exercise 1"));
         assert!(prompts[0].user.contains("os, random"));
         assert!(prompts[2].user.contains("Write 10 inputs"));
+        // The induction proposer gets no program-writing rules; a program proposer writes its
+        // input block before the program.
+        assert!(!prompts[2].user.contains("Rules for the program"));
+        let format = &prompts[0].user[prompts[0].user.rfind("<answer>").unwrap()..];
+        assert!(format.find("```input").unwrap() < format.find("```python").unwrap());
     }
 
     #[test]

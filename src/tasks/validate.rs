@@ -1,8 +1,9 @@
 //! Validation of proposals in the sandbox. A proposal becomes a [`Task`] only when its program
 //! parses, defines `f` with at least one argument, imports nothing banned, runs within limits,
-//! returns a plain literal other than None whose repr round-trips, prints nothing, gives the same result in two
-//! fresh runs, and gives it again when called a second time in the same process (no state
-//! kept between calls). Outputs are always computed by running the program, never taken from the model.
+//! returns a plain literal other than None whose repr round-trips, prints nothing, gives the
+//! same result in two fresh runs, and gives it again when called a second time in the same
+//! process (no state kept between calls). Outputs are always computed by running the program,
+//! never taken from the model.
 
 use serde::Serialize;
 
