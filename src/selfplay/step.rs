@@ -44,9 +44,11 @@ pub struct Step<'a> {
 pub struct TypeMetrics {
     pub proposals: usize,
     pub valid_proposals: usize,
+    /// Valid proposals whose completion broke the R1 frame: stored, paid the format penalty.
+    pub valid_unframed: usize,
     pub solver_answers: usize,
     pub solver_correct: usize,
-    /// Mean proposer reward over valid proposals.
+    /// Mean learnability of the valid proposals (what they earn if well framed).
     pub mean_learnability: f64,
 }
 
@@ -102,14 +104,17 @@ pub fn group_of(task_type: TaskType, role: Role) -> u64 {
 
 /// The proposer's reward: learnability for a new task (from its solve rate), the unlearnable
 /// reward for a duplicate (a valid task the buffer already holds teaches nothing new, but it
-/// is not broken), the format penalty for anything invalid.
+/// is not broken), the format penalty for anything invalid and for a completion that breaks
+/// the R1 frame (its task, if valid, is kept all the same, as in AZR).
 fn proposer_reward(
     outcome: &Result<i64, Rejection>,
-    rate: Option<&SolveRate>,
+    learnable: Option<f32>,
+    well_framed: bool,
     rewards: &RewardConfig,
 ) -> Result<f32, RateError> {
-    match (outcome, rate) {
-        (Ok(_), Some(rate)) => learnability(rate, rewards),
+    match (outcome, learnable) {
+        _ if !well_framed => Ok(rewards.format_penalty),
+        (Ok(_), Some(l)) => Ok(l),
         (Ok(_), None) => Err(RateError::NoSamples),
         (Err(Rejection::Duplicate), _) => Ok(rewards.unlearnable),
         (Err(_), _) => Ok(rewards.format_penalty),
@@ -146,8 +151,8 @@ pub(crate) struct Proposer<'a> {
     pub policy: &'a Policy,
     pub sandbox: &'a Sandbox,
     pub buffer: &'a Buffer,
-    /// Whether a proposal must keep the R1 frame. AZR's seeding reads the blocks of the
-    /// whole completion; training rewards only framed proposals.
+    /// Whether a proposal's blocks are read from its answer (after the last `<answer>`, as AZR
+    /// reads training proposals) or from the whole completion (AZR's seeding).
     pub framed: bool,
     pub progress: &'a Progress,
 }
@@ -289,10 +294,10 @@ async fn validate_one(
     text: &str,
     framed: bool,
 ) -> Result<Task, Rejection> {
-    let body = match parse::frame(text) {
-        Ok(f) => f.answer,
-        Err(e) if framed => return Err(e.into()),
-        Err(_) => text,
+    let body = if framed {
+        parse::proposal_answer(text)?
+    } else {
+        parse::frame(text).map_or(text, |f| f.answer)
     };
     match &p.program {
         Some(program) => {
@@ -470,16 +475,30 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     }
     let mut learn_sum: HashMap<TaskType, f64> = HashMap::new();
     for ((p, g), outcome) in proposals.iter().zip(&proposed).zip(&new_task) {
-        let rate = outcome.as_ref().ok().map(|id| SolveRate {
-            successes: solved.get(id).copied().unwrap_or(0),
-            samples: c.samples,
-            temperature: c.temperature,
-        });
-        let reward = proposer_reward(outcome, rate.as_ref(), &rewards)
-            .map_err(|e| SelfplayError::Config(e.to_string()))?;
-        if outcome.is_ok() {
-            *learn_sum.entry(p.task_type).or_default() += reward as f64;
+        let rate_error = |e: RateError| SelfplayError::Config(e.to_string());
+        let learnable = match outcome {
+            Ok(id) => Some(
+                learnability(
+                    &SolveRate {
+                        successes: solved.get(id).copied().unwrap_or(0),
+                        samples: c.samples,
+                        temperature: c.temperature,
+                    },
+                    &rewards,
+                )
+                .map_err(rate_error)?,
+            ),
+            Err(_) => None,
+        };
+        let well_framed = parse::frame(&with_stop(g)).is_ok();
+        if let Some(l) = learnable {
+            *learn_sum.entry(p.task_type).or_default() += l as f64;
+            if !well_framed {
+                m.of(p.task_type).valid_unframed += 1;
+            }
         }
+        let reward =
+            proposer_reward(outcome, learnable, well_framed, &rewards).map_err(rate_error)?;
         rollouts.push(rollout(
             &p.prompt,
             g,
@@ -586,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_earns_the_unlearnable_reward_not_the_format_penalty() {
+    fn a_duplicate_earns_the_unlearnable_reward_and_a_broken_frame_the_format_penalty() {
         let rewards = RewardConfig {
             unlearnable: -0.5,
             ..RewardConfig::default()
@@ -596,10 +615,17 @@ mod tests {
             samples: 4,
             temperature: 1.0,
         };
-        let reward = |outcome| proposer_reward(&outcome, Some(&rate), &rewards).unwrap();
-        assert_eq!(reward(Ok(7)), 0.75);
-        assert_eq!(reward(Err(Rejection::Duplicate)), -0.5);
-        assert_eq!(reward(Err(Rejection::MissingFunction)), -1.0);
+        let l = learnability(&rate, &rewards).unwrap();
+        let reward = |outcome: Result<i64, Rejection>, framed| {
+            let learnable = outcome.is_ok().then_some(l);
+            proposer_reward(&outcome, learnable, framed, &rewards).unwrap()
+        };
+        assert_eq!(reward(Ok(7), true), 0.75);
+        assert_eq!(reward(Err(Rejection::Duplicate), true), -0.5);
+        assert_eq!(reward(Err(Rejection::MissingFunction), true), -1.0);
+        // A valid task from a completion that broke the frame: kept, but paid as AZR pays it.
+        assert_eq!(reward(Ok(7), false), -1.0);
+        assert_eq!(reward(Err(Rejection::Duplicate), false), -1.0);
     }
 
     #[test]

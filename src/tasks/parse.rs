@@ -12,6 +12,8 @@ pub enum ParseError {
     NoThinkEnd,
     #[error("no <answer> after </think>")]
     NoAnswerStart,
+    #[error("no <answer> in the completion")]
+    NoAnswer,
     #[error("no </answer> closing the answer")]
     NoAnswerEnd,
     #[error("the answer is empty")]
@@ -58,6 +60,20 @@ pub fn frame(text: &str) -> Result<Framed<'_>, ParseError> {
         think: think.trim(),
         answer,
     })
+}
+
+/// A proposal's answer as AZR reads it: what follows the last `<answer>`, up to the next
+/// `</answer>` or the end of the text. A proposal's task is read from here whether or not the
+/// completion keeps the frame; the frame decides only its reward (AZR stores any valid
+/// program and pays a broken frame the format penalty).
+pub fn proposal_answer(text: &str) -> Result<&str, ParseError> {
+    let open = text.rfind(ANSWER).ok_or(ParseError::NoAnswer)?;
+    let rest = &text[open + ANSWER.len()..];
+    let answer = rest.split(ANSWER_END).next().unwrap_or(rest).trim();
+    if answer.is_empty() {
+        return Err(ParseError::EmptyAnswer);
+    }
+    Ok(answer)
 }
 
 /// A fenced block: ```lang\nbody```.
@@ -128,9 +144,9 @@ pub struct ProgramProposal {
 }
 
 /// Parses a deduction/abduction proposal: the first ```python block and the first ```input
-/// block of the answer.
+/// block of its answer ([`proposal_answer`]).
 pub fn program_proposal(text: &str) -> Result<ProgramProposal, ParseError> {
-    program_blocks(frame(text)?.answer)
+    program_blocks(proposal_answer(text)?)
 }
 
 /// The first ```python and ```input blocks of `text`, framed or not.
@@ -149,9 +165,10 @@ pub struct InputsProposal {
     pub message: String,
 }
 
-/// Parses an induction proposal: its ```input blocks and the first ```message block.
+/// Parses an induction proposal: the ```input blocks and the first ```message block of its
+/// answer ([`proposal_answer`]).
 pub fn inputs_proposal(text: &str) -> Result<InputsProposal, ParseError> {
-    inputs_blocks(frame(text)?.answer)
+    inputs_blocks(proposal_answer(text)?)
 }
 
 /// The ```input blocks and the first ```message block of `text`, framed or not.
@@ -288,6 +305,27 @@ mod tests {
         for (text, answer) in cases {
             assert_eq!(value_answer(text).unwrap(), answer, "{text}");
         }
+    }
+
+    #[test]
+    fn a_proposal_is_read_after_the_last_answer_tag_with_or_without_the_frame() {
+        let task = "```python\ndef f(x): return x\n```\n```input\n3\n```";
+        for text in [
+            format!("<think>t</think><answer>{task}</answer>"),
+            // No reasoning closed, the answer left open, a draft answer before: AZR's reading.
+            format!("t <answer>{task}"),
+            format!("t <answer>draft</answer> more </think><answer>{task}</answer> words"),
+        ] {
+            assert_eq!(program_proposal(&text).unwrap().input, "3", "{text}");
+        }
+        assert_eq!(
+            program_proposal(&format!("t</think>{task}")).unwrap_err(),
+            ParseError::NoAnswer
+        );
+        assert_eq!(
+            proposal_answer("t</think><answer> </answer>").unwrap_err(),
+            ParseError::EmptyAnswer
+        );
     }
 
     #[test]
