@@ -1,7 +1,9 @@
-//! CPU kernels the model's ops run on: the decode product (`matvec`), gemm-backed products
+//! CPU kernels the model's ops run on: the decode product (`matvec`, on AMX tiles where the
+//! CPU has them: `amx`), gemm-backed products
 //! that write or accumulate in place (`gemm`), the LM head's fused softmax statistics
 //! (`softmax`) and the MLP gate (`swiglu`). They know tensors and storage, not the decoder.
 
+pub(crate) mod amx;
 pub(crate) mod gemm;
 pub(crate) mod matvec;
 pub(crate) mod softmax;

@@ -460,7 +460,13 @@ impl Model {
             sin: self.sin.narrow(0, offset, t)?,
             mask: self.attention_mask(b, t, offset, key_mask)?,
             grad: if grad { Grad::Graph } else { Grad::Off },
-            decode: cache.as_ref().and_then(|c| c.weights.clone()),
+            // Only decode steps (one new token a row) take the bf16 copies: a prompt's cache
+            // is then computed in f32 whether its prefill had few rows (the decode kernel) or
+            // many (gemm), rather than in bf16 alone and in f32 in a batch.
+            decode: cache
+                .as_ref()
+                .filter(|_| t == 1)
+                .and_then(|c| c.weights.clone()),
         };
         self.run(ids, &pass, cache)
     }

@@ -1,0 +1,257 @@
+//! The decode product on Intel AMX: `yt (n, m) = w (n, k) · x (m, k)ᵀ` with bf16 tiles.
+//!
+//! One `tdpbf16ps` multiplies a 16 x 32 tile of weights by 32 x 16 of `x` (512 bf16 pair
+//! products into 256 f32 sums), sixteen times the work of a `vdpbf16ps`, so even 64 rows of a
+//! decode step cost little more than streaming the weights once. The weight tiles load
+//! straight from the HF layout (16 rows of `w`, 32 k-values each); `x` is packed once per call
+//! into the pair-interleaved layout the B tile wants, 16 rows per column group, zeros after
+//! the last row. Every output element is one sequential sum over k pairs whatever the other
+//! rows are, so a row's bits still do not depend on its batch.
+//!
+//! Linux hands the tile registers to a process only on request (`arch_prctl`), made once in
+//! [`supported`]. Stable Rust has no AMX intrinsics; the five instructions are inline asm.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows of `w` and columns of `x` per tile.
+const TILE: usize = 16;
+/// k-values per tile: 16 rows of 64 bytes of bf16.
+const KB: usize = 32;
+/// Column groups of `x` a call takes (tile registers 0..4 hold their sums).
+const GROUPS: usize = 4;
+/// Most rows of `x` one call takes.
+pub const MAX_ROWS: usize = TILE * GROUPS;
+
+/// Whether this CPU has AMX-BF16 and this process may use the tile registers.
+pub fn supported() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            // CPUID.(7,0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            edx & (1 << 22) != 0
+                && edx & (1 << 24) != 0
+                // SAFETY: a plain syscall; it only changes which xsave features this process may use.
+                && unsafe {
+                    libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+                } == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
+}
+
+/// Whether a product of these sizes runs on tiles: whole k blocks and whole 16-row w blocks
+/// (every decoder here has them), at most [`MAX_ROWS`] rows of `x`. The choice depends on the
+/// weight's shape, never on the batch.
+pub fn fits(m: usize, n: usize, k: usize) -> bool {
+    (1..=MAX_ROWS).contains(&m) && n.is_multiple_of(TILE) && k.is_multiple_of(KB) && k > 0
+}
+
+/// `x (m, k) · w (n, k)ᵀ -> (m, n)`, both bf16. Callers check [`supported`] and [`fits`].
+pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+    assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
+    let packed = pack(x, m, k);
+    let groups = m.div_ceil(TILE);
+    let mut yt = vec![0f32; n * m];
+    let rows = (n / TILE).div_ceil(rayon::current_num_threads() * 4) * TILE;
+    yt.par_chunks_mut(rows * m)
+        .zip(w.par_chunks(rows * k))
+        // SAFETY: `supported` checked the CPU and got the OS's leave; the slices hold whole
+        // 16-row blocks of w and their rows of yt, and `packed` holds `groups` column groups.
+        .for_each(|(yt, w)| unsafe { tiles::block(&packed, groups, m, w, yt, k) });
+    let mut y = vec![0f32; m * n];
+    for (j, col) in yt.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            y[i * n + j] = v;
+        }
+    }
+    y
+}
+
+/// `x` as B tiles: for column group g and k block b, 16 rows (k pairs) of 16 columns (rows of
+/// `x`), each a pair of adjacent bf16 k-values read as one u32.
+fn pack(x: &[half::bf16], m: usize, k: usize) -> Vec<u32> {
+    let (pairs, blocks) = (k / 2, k / KB);
+    let mut packed = vec![0u32; m.div_ceil(TILE) * blocks * TILE * TILE];
+    for (i, row) in x.chunks_exact(k).enumerate() {
+        let (g, c) = (i / TILE, i % TILE);
+        for p in 0..pairs {
+            let pair = u32::from(row[2 * p].to_bits()) | u32::from(row[2 * p + 1].to_bits()) << 16;
+            let (b, r) = (p / TILE, p % TILE);
+            packed[((g * blocks + b) * TILE + r) * TILE + c] = pair;
+        }
+    }
+    packed
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tiles {
+    use super::{GROUPS, KB, TILE};
+    use std::arch::asm;
+
+    /// The tile configuration: palette 1, registers 0..6 each 16 rows of 64 bytes (0-3 the
+    /// sums of the column groups, 4 a weight tile, 5 an x tile).
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    fn config() -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        for t in 0..6 {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+            c[48 + t] = TILE as u8;
+        }
+        Config(c)
+    }
+
+    /// yt (rows, m) for `rows` = a multiple of 16 rows of `w`: each 16-row weight block is
+    /// streamed once, k block by k block, against every column group of x.
+    pub unsafe fn block(
+        packed: &[u32],
+        groups: usize,
+        m: usize,
+        w: &[half::bf16],
+        yt: &mut [f32],
+        k: usize,
+    ) {
+        debug_assert!(groups <= GROUPS);
+        let cfg = config();
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let blocks = k / KB;
+        let w_stride = k * 2;
+        let mut sums = [0f32; TILE * TILE];
+        for (jb, yt) in yt.chunks_exact_mut(TILE * m).enumerate() {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let wp = w.as_ptr().add(jb * TILE * k);
+            for b in 0..blocks {
+                asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) wp.add(b * KB),
+                    s = in(reg) w_stride, options(nostack, readonly));
+                for g in 0..groups {
+                    let xp = packed.as_ptr().add((g * blocks + b) * TILE * TILE);
+                    asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) xp, s = in(reg) 64usize,
+                        options(nostack, readonly));
+                    match g {
+                        0 => asm!("tdpbf16ps tmm0, tmm4, tmm5", options(nostack, nomem)),
+                        1 => asm!("tdpbf16ps tmm1, tmm4, tmm5", options(nostack, nomem)),
+                        2 => asm!("tdpbf16ps tmm2, tmm4, tmm5", options(nostack, nomem)),
+                        _ => asm!("tdpbf16ps tmm3, tmm4, tmm5", options(nostack, nomem)),
+                    }
+                }
+            }
+            for g in 0..groups {
+                let p = sums.as_mut_ptr();
+                match g {
+                    0 => {
+                        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                    }
+                    1 => {
+                        asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                    }
+                    2 => {
+                        asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                    }
+                    _ => {
+                        asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                    }
+                }
+                let cols = (m - g * TILE).min(TILE);
+                for (r, out) in yt.chunks_exact_mut(m).enumerate() {
+                    out[g * TILE..g * TILE + cols]
+                        .copy_from_slice(&sums[r * TILE..r * TILE + cols]);
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod tiles {
+    pub unsafe fn block(_: &[u32], _: usize, _: usize, _: &[half::bf16], _: &mut [f32], _: usize) {
+        unreachable!("AMX is detected on x86_64 Linux only")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    fn bf16(t: &Tensor) -> Vec<half::bf16> {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn tiles_match_the_f32_product_of_the_rounded_operands_for_every_row_count() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (n, k) in [(16, 32), (48, 96), (160, 896)] {
+            let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let wb = w
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            for m in 1..=MAX_ROWS {
+                let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+                let xb = x
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                let want = xb.matmul(&wb.t().unwrap()).unwrap();
+                let got =
+                    Tensor::from_vec(product(&bf16(&x), m, &bf16(&w), n, k), (m, n), &dev).unwrap();
+                let diff = crate::kernels::max_abs_diff(&got, &want);
+                assert!(diff < 1e-3 * (k as f32).sqrt(), "m={m} n={n} k={k}: {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_in_any_batch() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (n, k) in [(64, 128), (192, 576), (576, 1536)] {
+            let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
+            let x = bf16(&Tensor::randn(0f32, 1., (MAX_ROWS, k), &dev).unwrap());
+            for m in [MAX_ROWS, 8, 3] {
+                let all = product(&x[..m * k], m, &w, n, k);
+                for i in 0..m {
+                    let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k);
+                    assert_eq!(one, all[i * n..(i + 1) * n], "row {i} of {m}, n={n} k={k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn takes_only_whole_tiles() {
+        assert!(fits(1, 896, 4864) && fits(MAX_ROWS, 151_936, 896));
+        assert!(!fits(0, 16, 32) && !fits(MAX_ROWS + 1, 16, 32));
+        assert!(!fits(8, 20, 32) && !fits(8, 16, 48));
+    }
+}
