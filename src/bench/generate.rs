@@ -111,7 +111,7 @@ fn measure(
     let copy_ms = weights
         .as_ref()
         .map(|_| 1e3 * started.elapsed().as_secs_f64());
-    let mut cache = KvCache::with_weights(weights.map(std::sync::Arc::new));
+    let mut cache = KvCache::with_weights(weights.map(std::sync::Arc::new)).reserving(prompt + new);
     let started = Instant::now();
     let hidden = model.forward(
         &Tensor::from_vec(ids, (b, prompt), device)?,

@@ -173,7 +173,7 @@ fn generate_using(
     let padded = prompts.iter().any(|p| p.len() < width);
     let pad = tokenizer.pad_id();
     let mut mask: Vec<Vec<u32>> = prompts.iter().map(|p| key_row(p.len(), width)).collect();
-    let mut cache = KvCache::with_weights(weights);
+    let mut cache = KvCache::with_weights(weights).reserving(width + config.max_new_tokens);
     let mut logits = prefill(model, prompts, pad, width, &mut cache)?;
     let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
     // The prompt row of each batch position; rows leave the batch when they finish.

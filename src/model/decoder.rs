@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor, TensorId, Var};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use super::config::ModelConfig;
+pub use super::kv_cache::KvCache;
 use super::weight_grads::{self, WeightGrads};
 use super::{attention, ops, ModelError};
 use crate::kernels::matvec;
@@ -116,44 +117,6 @@ impl Block {
             ("mlp.up_proj", &self.up_proj),
             ("mlp.down_proj", &self.down_proj),
         ]
-    }
-}
-
-/// Keys and values of every layer for the tokens seen so far: (b, kv_heads, len, head_dim),
-/// and optionally the bf16 weights the passes through it multiply.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-    weights: Option<Arc<DecodeWeights>>,
-}
-
-impl KvCache {
-    /// An empty cache whose passes multiply `weights` in place of the model's f32 matrices.
-    pub fn with_weights(weights: Option<Arc<DecodeWeights>>) -> Self {
-        Self {
-            weights,
-            ..Self::default()
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Keeps only the batch rows at `rows` (a u32 index tensor), in that order: finished
-    /// sequences leave the batch, so later steps compute only the live ones.
-    pub fn keep_rows(&mut self, rows: &Tensor) -> candle_core::Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
-        }
-        Ok(())
     }
 }
 
@@ -513,11 +476,8 @@ impl Model {
             None => self.embed_tokens.index_select(&ids, 0)?,
         };
         let mut x = x.reshape((b, t, ()))?;
-        if let Some(c) = cache.as_deref_mut() {
-            c.layers.resize(self.blocks.len(), None);
-        }
         for (i, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = self.block(block, &x, pass, layer_cache)?;
             // Weights are Vars, so every op records its inputs for backward. Without a
             // backward to come, cutting the graph here frees each block's activations as soon
@@ -602,7 +562,7 @@ impl Model {
         block: &Block,
         x: &Tensor,
         pass: &Pass,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = ops::rms_norm(x, &block.input_layernorm, eps, pass.grad.on())?;
@@ -619,7 +579,7 @@ impl Model {
         block: &Block,
         x: &Tensor,
         pass: &Pass,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<Tensor> {
         let Pass {
             cos,
@@ -639,19 +599,7 @@ impl Model {
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let (k, v) = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                // Detached when not training: otherwise each step's cache would hold the graph
-                // of every earlier step.
-                *slot = Some(match grad {
-                    true => kv.clone(),
-                    false => (kv.0.detach(), kv.1.detach()),
-                });
-                kv
-            }
+            Some((cache, layer)) => cache.append(layer, k, v, grad)?,
             None => (k, v),
         };
         // GQA without copying K and V per query head: the `rep` query heads that share a kv

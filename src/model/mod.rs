@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod gguf;
+mod kv_cache;
 pub mod logprobs;
 mod ops;
 pub mod provision;
