@@ -112,25 +112,22 @@ fn batching_and_log_probs_agree_with_single_runs() {
             ..greedy(12)
         };
         let batch = generate::generate(model, tokenizer, &prompts, &config).unwrap();
-        let batches = match bf16_decode {
-            false => vec![(&prompts, batch.clone())],
-            true => vec![(
+        let (held, held_batch) = match bf16_decode {
+            false => (&prompts, batch.clone()),
+            true => (
                 &even,
                 generate::generate(model, tokenizer, &even, &config).unwrap(),
-            )],
+            ),
         };
-        for (prompts, batch) in batches {
-            for (i, prompt) in prompts.iter().enumerate() {
-                let alone =
-                    generate::generate(model, tokenizer, std::slice::from_ref(prompt), &config)
-                        .unwrap()
-                        .remove(0);
-                assert_eq!(
-                    alone.tokens, batch[i].tokens,
-                    "prompt {:?} (bf16 decode {bf16_decode})",
-                    texts[i]
-                );
-            }
+        for (i, prompt) in held.iter().enumerate() {
+            let alone = generate::generate(model, tokenizer, std::slice::from_ref(prompt), &config)
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                alone.tokens, held_batch[i].tokens,
+                "prompt {:?} (bf16 decode {bf16_decode})",
+                texts[i]
+            );
         }
         let scored: Vec<Scored> = prompts
             .iter()

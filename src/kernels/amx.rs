@@ -65,13 +65,7 @@ pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize)
         // SAFETY: `supported` checked the CPU and got the OS's leave; the slices hold whole
         // 16-row blocks of w and their rows of yt, and `packed` holds `groups` column groups.
         .for_each(|(yt, w)| unsafe { tiles::block(&packed, groups, m, w, yt, k) });
-    let mut y = vec![0f32; m * n];
-    for (j, col) in yt.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            y[i * n + j] = v;
-        }
-    }
-    y
+    super::matvec::transposed(&yt, m, n)
 }
 
 /// `x` as B tiles: for column group g and k block b, 16 rows (k pairs) of 16 columns (rows of
@@ -198,6 +192,14 @@ mod tests {
             .unwrap()
     }
 
+    /// `t` rounded to bf16, in f32.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
     #[test]
     fn tiles_match_the_f32_product_of_the_rounded_operands_for_every_row_count() {
         if !supported() {
@@ -207,18 +209,10 @@ mod tests {
         let dev = Device::Cpu;
         for (n, k) in [(16, 32), (48, 96), (160, 896)] {
             let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
-            let wb = w
-                .to_dtype(DType::BF16)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
+            let wb = rounded(&w);
             for m in 1..=MAX_ROWS {
                 let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
-                let xb = x
-                    .to_dtype(DType::BF16)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap();
+                let xb = rounded(&x);
                 let want = xb.matmul(&wb.t().unwrap()).unwrap();
                 let got =
                     Tensor::from_vec(product(&bf16(&x), m, &bf16(&w), n, k), (m, n), &dev).unwrap();

@@ -159,6 +159,11 @@ fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usi
         // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs, and every slice
         // holds whole rows of length k (m rows of x, yt.len() / m rows of w).
         .for_each(|(yt, w)| unsafe { avx512::block::<K>(x, m, w, yt, k) });
+    transposed(&yt, m, n)
+}
+
+/// `yt` (n, m), as the kernels write it (each task one contiguous run), turned into (m, n).
+pub(super) fn transposed(yt: &[f32], m: usize, n: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for (j, col) in yt.chunks_exact(m).enumerate() {
         for (i, &v) in col.iter().enumerate() {
