@@ -34,6 +34,7 @@ fn every_command_has_help() {
         vec!["bench", "sandbox", "--help"],
         vec!["bench", "generate", "--help"],
         vec!["bench", "update", "--help"],
+        vec!["bench", "propose", "--help"],
         vec!["buffer", "stats", "--help"],
         vec!["buffer", "list", "--help"],
         vec!["buffer", "show", "--help"],
@@ -210,6 +211,68 @@ fn buffer_commands_show_a_seeded_run() {
         .collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["outputs"][0], "'Hello world'");
+}
+
+/// `azr bench propose` on the real SmolLM2 and sandbox: every proposal gets a verdict, the
+/// table counts them, and the run's buffer is left as it was.
+#[test]
+fn bench_propose_judges_proposals_without_touching_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run = run.to_str().unwrap();
+    assert!(azr(&["buffer", "seed", "--run", run]).status.success());
+    let stats = || azr(&["buffer", "stats", "--run", run, "--json"]).stdout;
+    let before = stats();
+    let completions = dir.path().join("completions.jsonl");
+    let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml");
+    let out = azr(&[
+        "bench",
+        "--config",
+        smoke,
+        "propose",
+        "--run",
+        run,
+        "--proposals",
+        "2",
+        "--completions",
+        completions.to_str().unwrap(),
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&completions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for t in ["deduction", "abduction", "induction"] {
+        assert_eq!(rows.iter().filter(|r| r["type"] == t).count(), 2, "{t}");
+        assert!(said.contains(&format!("| {t} | 2 |")), "{said}");
+    }
+    let valid = rows
+        .iter()
+        .filter(|r| r["verdict"].as_str().unwrap().starts_with("valid"))
+        .count();
+    let rejected: usize = said
+        .lines()
+        .skip_while(|l| !l.starts_with("rejections:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(valid + rejected, 6, "{said}");
+    assert_eq!(stats(), before, "the run's buffer changed");
+
+    let missing = dir.path().join("nowhere");
+    let out = azr(&["bench", "propose", "--run", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nowhere"), "{}", text(&out));
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn chat_template_and_stop_at_end_of_turn() {
         tokenizer.chat_template().unwrap(),
         &ChatPrompt {
             system: String::new(),
+            shots: Vec::new(),
             user: "Say hello.".into(),
         },
     )
@@ -189,6 +190,7 @@ fn qwen_imports_with_its_tokenizer_and_generates_code() {
         tokenizer.chat_template().unwrap(),
         &ChatPrompt {
             system: String::new(),
+            shots: Vec::new(),
             user: "Complete: def is_even(n):".into(),
         },
     )

@@ -2,6 +2,7 @@
 //! reference measured in the same process, so figures compare across machines.
 
 pub mod generate;
+pub mod propose;
 pub mod sandbox;
 pub mod update;
 

@@ -148,6 +148,15 @@ impl Buffer {
         Self::open(path)
     }
 
+    /// Writes a consistent copy of the buffer to `path` (a new file), also while a run is
+    /// writing to it.
+    pub fn copy_to(&self, path: &Path) -> Result<(), BufferError> {
+        self.conn
+            .execute("VACUUM INTO ?1", [path.to_string_lossy()])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -92,6 +92,8 @@ pub enum BenchCommand {
     Sandbox(azr::bench::sandbox::Options),
     /// Prefill and decode tokens per second of a model, per batch size, vs batch 1.
     Generate(azr::bench::generate::Options),
+    /// Share of valid proposals per task type, and why the others were rejected.
+    Propose(azr::bench::propose::Options),
     /// One policy update (forward, loss, backward, AdamW) against a plain forward.
     Update(azr::bench::update::Options),
 }
@@ -192,6 +194,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Update(opts)) => {
             let dir = bench_model(&opts.model, opts.random_weights)?;
             println!("{}", azr::bench::update::run(&opts, &dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Propose(opts)) => {
+            let buffer = opts.run.as_ref().map(|dir| dir.join("buffer.sqlite"));
+            let mut file = match &opts.completions {
+                Some(path) => Some(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let out = file.as_mut().map(|f| f as &mut dyn std::io::Write);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(azr::selfplay::probe::propose_only(
+                &config,
+                buffer.as_deref(),
+                opts.proposals,
+                opts.seed,
+                out,
+            ))?;
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Sandbox(opts)) => {

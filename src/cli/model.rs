@@ -130,6 +130,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             template,
             &ChatPrompt {
                 system: String::new(),
+                shots: Vec::new(),
                 user: args.prompt.clone(),
             },
         )?,

@@ -110,6 +110,7 @@ impl Problem {
                 template,
                 &ChatPrompt {
                     system: String::new(),
+                    shots: Vec::new(),
                     user: self.instruction.clone(),
                 },
             )

@@ -20,9 +20,14 @@
 //!    but does not yet overlap generation.
 //! 8. There is no RNG state to checkpoint: each step's draws are seeded by (seed, step), so a
 //!    resumed run draws what an uninterrupted one would.
+//! 9. A program proposer sees its K references as earlier turns of its conversation, each
+//!    asked for and answered in the answer's form, where AZR lists them inside one prompt:
+//!    Qwen2.5-Coder-0.5B's valid proposals rose from 10% to 35% of 48 that way (`azr bench
+//!    propose`, BENCHMARKS.md), though more of them are variations of those references.
 
 mod cold_start;
 pub mod policy;
+pub mod probe;
 pub mod progress;
 pub mod run_dir;
 pub mod run_lock;

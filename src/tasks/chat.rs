@@ -24,6 +24,10 @@ pub fn apply_template(template: &str, prompt: &ChatPrompt) -> Result<String, Err
     if !prompt.system.is_empty() {
         messages.push(context! { role => "system", content => &prompt.system });
     }
+    for (user, assistant) in &prompt.shots {
+        messages.push(context! { role => "user", content => user });
+        messages.push(context! { role => "assistant", content => assistant });
+    }
     messages.push(context! { role => "user", content => &prompt.user });
     env.get_template("chat")?.render(context! {
         messages => messages,
@@ -39,8 +43,13 @@ const OPEN: &str = "<think>";
 /// The transcript a base model (no chat template) continues, as in AZR: the frame, the
 /// question, and the assistant's turn opened at `<think>`.
 pub fn plain(prompt: &ChatPrompt) -> String {
+    let shots: String = prompt
+        .shots
+        .iter()
+        .map(|(user, assistant)| format!("\nUser: {user}\nAssistant: {assistant}"))
+        .collect();
     format!(
-        "{}\nUser: {}\nAssistant: {OPEN}",
+        "{}{shots}\nUser: {}\nAssistant: {OPEN}",
         prompt.system, prompt.user
     )
 }
@@ -66,6 +75,7 @@ mod tests {
     fn prompt() -> ChatPrompt {
         ChatPrompt {
             system: "Think first.".into(),
+            shots: Vec::new(),
             user: "  What is f(1)?  ".into(),
         }
     }
@@ -95,6 +105,19 @@ mod tests {
         let chat = selfplay(Some(CHATML), &prompt()).unwrap();
         assert!(chat.ends_with("<|im_start|>assistant\n<think>"), "{chat}");
         assert_eq!(selfplay(None, &prompt()).unwrap(), plain(&prompt()));
+    }
+
+    #[test]
+    fn shots_come_as_earlier_turns_before_the_question() {
+        let mut p = prompt();
+        p.shots = vec![("Q1".into(), "A1".into()), ("Q2".into(), "A2".into())];
+        let text = apply_template(CHATML, &p).unwrap();
+        assert!(text.contains("<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>\n<|im_start|>user\nWhat is f(1)?"), "{text}");
+        let plain = plain(&p);
+        assert!(
+            plain.contains("\nUser: Q1\nAssistant: A1\nUser: Q2\nAssistant: A2\nUser:"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -5,9 +5,12 @@
 use super::{Example, Task, TaskType};
 
 /// A prompt as chat messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatPrompt {
     pub system: String,
+    /// Earlier (user, assistant) exchanges, shown before `user`: worked examples of the
+    /// answer's form, which a small chat model imitates far more reliably than a description.
+    pub shots: Vec<(String, String)>,
     pub user: String,
 }
 
@@ -35,32 +38,42 @@ of `f(...)`: for `def f(a, b)`, an input `A, B` means the call f(A, B).";
 /// The input block comes before the program in the answer: asked for the program first,
 /// Qwen2.5-Coder-0.5B often stopped after it, with no input block (BENCHMARKS.md, cold start).
 const PROPOSE_PROGRAM: &str = "## Task: invent a new {kind} exercise
-Design a Python program and one input for it. A solver will see {solver_sees} and must \
-{solver_task}. Your exercise is judged on three things:
-- It runs: the program is valid and returns for your input within a few seconds.
-- It takes real reasoning: to {solver_task} without running the code, the solver must follow \
-several steps of logic, keep track of changing state (counters, lists, dicts, loop variables) \
-or combine a few operations. Trivial programs score low, and so do long ones that are only \
-tedious.
-- It is new: different in idea and in structure from the existing exercises shown below, not \
-a copy with other names or numbers.
+Write a Python function `f` and one input for it. A solver will be given {solver_sees} and \
+must {solver_task} without running the code. Make it take a few steps of careful reasoning \
+(loops, changing state, several operations combined; helper functions or a class are fine), \
+and make it different in idea from every earlier exercise.
 
-{rules}
+Rules: `f` takes at least one argument and returns a value; the same input always gives the \
+same output; no randomness, time, printing, files or network; no imports of {banned}. The \
+input is the arguments of one call to `f`, written as Python literals.
 
-{references}Plan inside <think> </think> first: pick an idea, sketch the program, choose an \
-input that goes through its interesting paths, and check that the program works on it. Then \
-give the input and the program inside <answer> </answer>, each in its fenced block, the input \
-first, like this (with your own input and program):
-<think>
-YOUR PLAN
+Think briefly inside <think> </think>. Then write the input and the program inside <answer> \
+</answer>, in exactly this form:
+<answer>
+```input
+YOUR INPUT
+```
+```python
+def f(...):
+    YOUR CODE
+```
+</answer>";
+
+/// The request after the first, when reference tasks are shown as earlier exchanges.
+const PROPOSE_ANOTHER: &str = "Invent another {kind} exercise, different in idea from all the \
+ones before. Same rules and same form: think briefly inside <think> </think>, then the input \
+and the program inside <answer> </answer>.";
+
+/// A reference task as the answer that wrote it: the plan checks the output.
+const WORKED_PROPOSAL: &str = "<think>
+An idea unlike the earlier exercises. Checked on the input: it returns {output}.
 </think>
 <answer>
 ```input
-['apple', 'kiwi', 'fig'], 2
+{input}
 ```
 ```python
-def f(words, k):
-    ...
+{program}
 ```
 </answer>";
 
@@ -166,6 +179,7 @@ fn rules(banned: &[String]) -> String {
 fn chat(user: String) -> ChatPrompt {
     ChatPrompt {
         system: SYSTEM.to_string(),
+        shots: Vec::new(),
         user,
     }
 }
@@ -178,30 +192,9 @@ fn examples_text(examples: &[Example]) -> String {
         .join("\n")
 }
 
-/// The reference tasks a proposer sees, as examples to differ from.
-fn references_text(references: &[Task]) -> String {
-    if references.is_empty() {
-        return String::new();
-    }
-    let shown: Vec<String> = references
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            format!(
-                "### Existing exercise {}\n```python\n{}\n```\n{}",
-                i + 1,
-                t.program,
-                examples_text(t.shown_examples())
-            )
-        })
-        .collect();
-    format!(
-        "Existing exercises (make yours different from all of them):\n\n{}\n\n",
-        shown.join("\n\n")
-    )
-}
-
-/// Prompt for proposing a deduction or abduction task, with K reference tasks.
+/// Prompt for proposing a deduction or abduction task. The K reference tasks are shown as
+/// earlier exchanges of the same conversation, each asked for and answered in the answer's
+/// form, and the last turn asks for another one unlike them.
 pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[String]) -> ChatPrompt {
     let (solver_sees, solver_task) = match task_type {
         TaskType::Abduction => (
@@ -210,22 +203,47 @@ pub fn propose_program(task_type: TaskType, references: &[Task], banned: &[Strin
         ),
         _ => ("the program and your input", "predict the output"),
     };
-    chat(fill(
+    let kind = [("kind", task_type.as_str())];
+    let first = fill(
         PROPOSE_PROGRAM,
         &[
-            ("kind", task_type.as_str()),
+            kind[0],
             ("solver_sees", solver_sees),
             ("solver_task", solver_task),
-            ("rules", &rules(banned)),
-            ("references", &references_text(references)),
+            ("banned", &banned.join(", ")),
         ],
-    ))
+    );
+    let mut asks = std::iter::once(first).chain(std::iter::repeat(fill(PROPOSE_ANOTHER, &kind)));
+    let shots = references
+        .iter()
+        .filter_map(|t| Some((asks.next()?, worked_proposal(t))))
+        .collect();
+    ChatPrompt {
+        system: SYSTEM.to_string(),
+        shots,
+        user: asks.next().expect("an endless iterator"),
+    }
+}
+
+fn worked_proposal(task: &Task) -> String {
+    let example = task.shown_examples().first();
+    fill(
+        WORKED_PROPOSAL,
+        &[
+            ("input", example.map_or("", |e| e.input.as_str())),
+            ("output", example.map_or("", |e| e.output.as_str())),
+            ("program", &task.program),
+        ],
+    )
 }
 
 /// Prompt for proposing `n` inputs and a message for a program from the buffer (induction).
 /// The answer's shape is spelled out block by block (a 0.5B model asked for "n blocks" wrote
 /// two, and copied any concrete example input it was shown), and the rules for writing a
 /// program are left out (the program is given; shown them, the model wrote a program).
+/// Unlike the program proposals it shows no earlier tasks as worked answers: shown the
+/// buffer's induction tasks that way, Qwen2.5-Coder-0.5B copied their inputs whatever the
+/// program's signature (BENCHMARKS.md, "Proposals as a conversation").
 pub fn propose_inputs(program: &str, n: usize) -> ChatPrompt {
     let blocks: Vec<String> = (1..=n)
         .map(|i| format!("```input\nINPUT {i}\n```"))
@@ -315,34 +333,70 @@ mod tests {
             solve(&task(TaskType::Induction), &banned),
         ];
         for p in &prompts {
-            for name in [
-                "{kind}",
-                "{solver_sees}",
-                "{solver_task}",
-                "{rules}",
-                "{references}",
-                "{banned}",
-                "{program}",
-                "{n}",
-                "{input}",
-                "{output}",
-                "{message}",
-                "{examples}",
-                "{call}",
-                "{input_blocks}",
-            ] {
-                assert!(!p.user.contains(name), "{name} left in:\n{}", p.user);
+            let texts = p.shots.iter().flat_map(|(u, a)| [u, a]).chain([&p.user]);
+            for (text, name) in texts.flat_map(|t| {
+                [
+                    "{kind}",
+                    "{solver_sees}",
+                    "{solver_task}",
+                    "{rules}",
+                    "{references}",
+                    "{banned}",
+                    "{program}",
+                    "{n}",
+                    "{input}",
+                    "{output}",
+                    "{message}",
+                    "{examples}",
+                    "{call}",
+                    "{input_blocks}",
+                ]
+                .map(|name| (t, name))
+            }) {
+                assert!(!text.contains(name), "{name} left in:\n{text}");
             }
             assert!(p.system.contains("<think>") && p.system.contains("<answer>"));
         }
-        assert!(prompts[0].user.contains("Existing exercise 1"));
-        assert!(prompts[0].user.contains("os, random"));
         assert!(prompts[2].user.contains("Write 10 inputs"));
-        // The induction proposer gets no program-writing rules; a program proposer writes its
-        // input block before the program.
+        // The induction proposer gets no program-writing rules.
         assert!(!prompts[2].user.contains("Rules for the program"));
-        let format = &prompts[0].user[prompts[0].user.rfind("<answer>").unwrap()..];
-        assert!(format.find("```input").unwrap() < format.find("```python").unwrap());
+        // A program proposer writes its input block before the program.
+        assert!(input_first(&prompts[1].user) && prompts[1].user.contains("os, random"));
+        assert!(prompts[1].shots.is_empty());
+    }
+
+    #[test]
+    fn references_are_earlier_exchanges_answered_in_the_answer_form() {
+        let mut reference = task(TaskType::Deduction);
+        reference.program = "def f(a):\n    return a * 2".into();
+        let p = propose_program(
+            TaskType::Deduction,
+            &[reference.clone(), task(TaskType::Deduction)],
+            &[],
+        );
+        assert_eq!(p.shots.len(), 2);
+        let (ask, answer) = &p.shots[0];
+        // The first exchange carries the instructions; the later ones and the question only
+        // ask for another.
+        assert!(ask.contains("Rules:") && !p.user.contains("Rules:"));
+        assert!(p.user.contains("another deduction exercise"), "{}", p.user);
+        assert_eq!(p.shots[1].0, p.user);
+        let frame = crate::tasks::parse::frame(answer).unwrap();
+        let blocks = crate::tasks::parse::program_blocks(frame.answer).unwrap();
+        assert_eq!(blocks.program, reference.program);
+        assert_eq!(blocks.input, "'Hello world'");
+        assert!(
+            frame.think.contains("returns 'Hello world'"),
+            "{}",
+            frame.think
+        );
+        assert!(input_first(answer));
+    }
+
+    /// Whether the last answer of `text` puts its input block before its program.
+    fn input_first(text: &str) -> bool {
+        let answer = &text[text.rfind("<answer>").unwrap()..];
+        answer.find("```input").unwrap() < answer.find("```python").unwrap()
     }
 
     #[test]
