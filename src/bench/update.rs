@@ -46,6 +46,10 @@ pub struct Options {
     /// Draw the weights at random in the shapes of --model's config.json.
     #[arg(long)]
     pub random_weights: bool,
+    /// The update's large matrix products multiply bf16 roundings on AMX tiles where the CPU
+    /// has them (`rl.bf16_products = true`); f32 without it.
+    #[arg(long)]
+    pub bf16_products: bool,
 }
 
 pub struct Report {
@@ -99,6 +103,7 @@ pub fn run(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Report> {
     let config = UpdateConfig {
         micro_batch: opts.micro_batch,
         pass_tokens: 0,
+        bf16_products: opts.bf16_products,
         ..Default::default()
     };
     let all: Vec<usize> = (0..rollouts.len()).collect();
@@ -177,12 +182,13 @@ impl fmt::Display for Report {
         let tokens = (o.sequences * (o.prompt_tokens + o.completion_tokens)) as f64;
         writeln!(
             f,
-            "model {}{} ({:.0} M parameters, {} on {}), {} x ({} + {}) tokens, {} per prompt, micro-batch {}, {} threads",
+            "model {}{} ({:.0} M parameters, {} on {}, {} products), {} x ({} + {}) tokens, {} per prompt, micro-batch {}, {} threads",
             self.model,
             if o.random_weights { ", random weights" } else { "" },
             self.parameters as f64 / 1e6,
             o.dtype,
             o.device,
+            if o.bf16_products { "bf16-tile" } else { "f32" },
             o.sequences,
             o.prompt_tokens,
             o.completion_tokens,

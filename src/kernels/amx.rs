@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 /// Rows of `w` and columns of `x` per tile.
-const TILE: usize = 16;
+pub(super) const TILE: usize = 16;
 /// k-values per tile: 16 rows of 64 bytes of bf16.
-const KB: usize = 32;
+pub(super) const KB: usize = 32;
 /// Column groups of `x` a call takes (tile registers 0..4 hold their sums).
 const GROUPS: usize = 4;
 /// Most rows of `x` one call takes.
@@ -84,25 +84,27 @@ fn pack(x: &[half::bf16], m: usize, k: usize) -> Vec<u32> {
     packed
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod tiles {
-    use super::{GROUPS, KB, TILE};
-    use std::arch::asm;
+/// A tile configuration (`ldtilecfg`'s 64 bytes): palette 1, the first `count` registers
+/// each 16 rows of 64 bytes.
+#[repr(C, align(64))]
+pub(super) struct TileConfig(pub [u8; 64]);
 
-    /// The tile configuration: palette 1, registers 0..6 each 16 rows of 64 bytes (0-3 the
-    /// sums of the column groups, 4 a weight tile, 5 an x tile).
-    #[repr(C, align(64))]
-    struct Config([u8; 64]);
-
-    fn config() -> Config {
+impl TileConfig {
+    pub fn new(count: usize) -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
-        for t in 0..6 {
+        for t in 0..count {
             c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
             c[48 + t] = TILE as u8;
         }
-        Config(c)
+        Self(c)
     }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tiles {
+    use super::{TileConfig, GROUPS, KB, TILE};
+    use std::arch::asm;
 
     /// yt (rows, m) for `rows` = a multiple of 16 rows of `w`: each 16-row weight block is
     /// streamed once, k block by k block, against every column group of x.
@@ -115,7 +117,8 @@ mod tiles {
         k: usize,
     ) {
         debug_assert!(groups <= GROUPS);
-        let cfg = config();
+        // Registers 0-3 the sums of the column groups, 4 a weight tile, 5 an x tile.
+        let cfg = TileConfig::new(6);
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let blocks = k / KB;
         let w_stride = k * 2;

@@ -7,6 +7,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result};
 use gemm::Parallelism;
 
+use super::amx_gemm;
+
 /// A strided 2-D view of a storage: element (i, j) at `offset + i * rs + j * cs`.
 #[derive(Debug, Clone, Copy)]
 pub struct View {
@@ -44,6 +46,16 @@ impl View {
         }
     }
 
+    /// The flat index of element (i, j).
+    pub(crate) fn at(&self, i: usize, j: usize) -> usize {
+        self.offset + i * self.rs + j * self.cs
+    }
+
+    /// Whether each row's elements are adjacent.
+    pub(crate) fn contiguous_rows(&self) -> bool {
+        self.cs == 1 || self.cols <= 1
+    }
+
     /// The flat range of row `i`, for a view whose rows are contiguous.
     pub fn row(&self, i: usize) -> Result<std::ops::Range<usize>> {
         if self.cs != 1 && self.cols > 1 {
@@ -76,23 +88,57 @@ impl View {
     }
 }
 
+/// How f32 products multiply: exactly, or as bf16 roundings of their operands with f32 sums on
+/// AMX tiles where the CPU has them and the product is large (`amx_gemm`). f64 products are
+/// always exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    #[default]
+    F32,
+    Bf16Tiles,
+}
+
+impl Products {
+    fn on_tiles(self, av: View, bv: View) -> bool {
+        self == Products::Bf16Tiles && amx_gemm::fits(av.rows, bv.cols, av.cols)
+    }
+}
+
 /// `a · b` into a new contiguous (a.rows, b.cols) storage of their dtype (f32 or f64).
-pub fn product(a: &CpuStorage, av: View, b: &CpuStorage, bv: View) -> Result<CpuStorage> {
-    fn new<T: Copy + 'static>(one: T, a: &[T], av: View, b: &[T], bv: View) -> Result<Vec<T>> {
+pub fn product(
+    a: &CpuStorage,
+    av: View,
+    b: &CpuStorage,
+    bv: View,
+    products: Products,
+) -> Result<CpuStorage> {
+    fn new<T: Copy + 'static>(
+        one: T,
+        a: &[T],
+        av: View,
+        b: &[T],
+        bv: View,
+        tiles: bool,
+    ) -> Result<Vec<T>> {
         let n = av.rows * bv.cols;
         let mut out = Vec::with_capacity(n);
         let dv = View::contiguous(av.rows, bv.cols);
-        // SAFETY: gemm writes all n elements (read_dst = false never reads them); the
+        // SAFETY: both kernels write all n elements (read_dst = false never reads them); the
         // capacity holds them.
         unsafe {
-            run(out.as_mut_ptr(), n, dv, false, one, a, av, b, bv)?;
+            run(out.as_mut_ptr(), n, dv, false, one, a, av, b, bv, tiles)?;
             out.set_len(n);
         }
         Ok(out)
     }
     Ok(match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(new(1f32, a, av, b, bv)?),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(new(1f64, a, av, b, bv)?),
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            let tiles = products.on_tiles(av, bv);
+            CpuStorage::F32(new(1f32, a, av, b, bv, tiles)?)
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(new(1f64, a, av, b, bv, false)?)
+        }
         _ => bail!(
             "gemm product: needs two f32 or two f64 operands, got {:?} and {:?}",
             a.dtype(),
@@ -109,15 +155,17 @@ pub fn add_product(
     av: View,
     b: &CpuStorage,
     bv: View,
+    products: Products,
 ) -> Result<()> {
     let d = dst.dtype();
+    let tiles = products.on_tiles(av, bv);
     match (dst, a, b) {
         (CpuStorage::F32(d), CpuStorage::F32(a), CpuStorage::F32(b)) => {
             // SAFETY: `run` checks that dv lies within d.
-            unsafe { run(d.as_mut_ptr(), d.len(), dv, true, 1f32, a, av, b, bv) }
+            unsafe { run(d.as_mut_ptr(), d.len(), dv, true, 1f32, a, av, b, bv, tiles) }
         }
         (CpuStorage::F64(d), CpuStorage::F64(a), CpuStorage::F64(b)) => unsafe {
-            run(d.as_mut_ptr(), d.len(), dv, true, 1f64, a, av, b, bv)
+            run(d.as_mut_ptr(), d.len(), dv, true, 1f64, a, av, b, bv, false)
         },
         _ => bail!(
             "gemm add_product: needs three f32 or three f64 tensors, got {d:?}, {:?}, {:?}",
@@ -127,7 +175,8 @@ pub fn add_product(
     }
 }
 
-/// `dst = (read_dst ? dst : 0) + a · b` through gemm, with the shapes and bounds checked.
+/// `dst = (read_dst ? dst : 0) + a · b` through gemm, or on AMX tiles when `tiles` (f32 only),
+/// with the shapes and bounds checked.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `dst_len` elements (and reads of them with `read_dst`).
@@ -142,6 +191,7 @@ unsafe fn run<T: Copy + 'static>(
     av: View,
     b: &[T],
     bv: View,
+    tiles: bool,
 ) -> Result<()> {
     if av.cols != bv.rows || dv.rows != av.rows || dv.cols != bv.cols {
         bail!("gemm: cannot multiply {av:?} by {bv:?} into {dv:?}");
@@ -149,6 +199,15 @@ unsafe fn run<T: Copy + 'static>(
     dv.within(dst_len)?;
     av.within(a.len())?;
     bv.within(b.len())?;
+    if tiles {
+        let f32s = |p: *const T, len: usize| std::slice::from_raw_parts(p as *const f32, len);
+        if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+            bail!("gemm: AMX tiles take f32 operands only");
+        }
+        let (a, b) = (f32s(a.as_ptr(), a.len()), f32s(b.as_ptr(), b.len()));
+        super::amx_gemm::product(dst as *mut f32, dv, read_dst, a, av, b, bv);
+        return Ok(());
+    }
     let threads = candle_core::utils::get_num_threads();
     let parallelism = match threads {
         0 | 1 => Parallelism::None,
@@ -201,7 +260,7 @@ mod tests {
         // a · bᵀ with bᵀ a strided view, and a narrowed (offset) lhs.
         let (sa, va) = storage(&a.narrow(0, 2, 5).unwrap());
         let (sb, vb) = storage(&b);
-        let got = product(&sa, va, &sb, vb.t()).unwrap();
+        let got = product(&sa, va, &sb, vb.t(), Products::F32).unwrap();
         let want = a.narrow(0, 2, 5).unwrap().matmul(&b.t().unwrap()).unwrap();
         let got = Tensor::from_vec(got.as_slice::<f64>().unwrap().to_vec(), (5, 3), &dev).unwrap();
         assert!(crate::kernels::max_abs_diff(&got, &want) < 1e-12);
@@ -212,7 +271,7 @@ mod tests {
         let (mut sd, vd) = storage(&start);
         let (sg, vg) = storage(&g);
         let (sa, va) = storage(&a);
-        add_product(&mut sd, vd, &sg, vg.t(), &sa, va).unwrap();
+        add_product(&mut sd, vd, &sg, vg.t(), &sa, va, Products::F32).unwrap();
         let want = (&start + g.t().unwrap().matmul(&a).unwrap()).unwrap();
         let got = Tensor::from_vec(sd.as_slice::<f64>().unwrap().to_vec(), (3, 5), &dev).unwrap();
         assert!(crate::kernels::max_abs_diff(&got, &want) < 1e-12);
@@ -223,8 +282,8 @@ mod tests {
         let dev = Device::Cpu;
         let (a, va) = storage(&Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap());
         let (b, vb) = storage(&Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap());
-        assert!(product(&a, va, &b, vb).is_err());
+        assert!(product(&a, va, &b, vb, Products::F32).is_err());
         let (c, vc) = storage(&Tensor::zeros((3, 2), candle_core::DType::F64, &dev).unwrap());
-        assert!(product(&a, va, &c, vc).is_err());
+        assert!(product(&a, va, &c, vc, Products::Bf16Tiles).is_err());
     }
 }

@@ -63,6 +63,18 @@ pub fn to_bf16(w: &Tensor) -> Result<Tensor> {
     w.to_dtype(DType::BF16)
 }
 
+/// `out = x` rounded to bf16 (nearest even), with AVX-512 BF16 where the CPU has it.
+pub(crate) fn round_bf16(x: &[f32], out: &mut [half::bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_dot_supported() {
+        // SAFETY: AVX-512 BF16 was detected.
+        return unsafe { avx512::round_bf16(x, out) };
+    }
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = half::bf16::from_f32(*v);
+    }
+}
+
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)` in f32, with no gradient. Callers check [`usable`].
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &MatVec)

@@ -1,9 +1,11 @@
 //! CPU kernels the model's ops run on: the decode product (`matvec`, on AMX tiles where the
-//! CPU has them: `amx`), gemm-backed products
-//! that write or accumulate in place (`gemm`), the LM head's fused softmax statistics
+//! CPU has them: `amx`), gemm-backed products that write or accumulate in place (`gemm`; the
+//! large f32 ones of training on AMX tiles in bf16 when asked: `amx_gemm`), the LM head's
+//! fused softmax statistics
 //! (`softmax`) and the MLP gate (`swiglu`). They know tensors and storage, not the decoder.
 
 pub(crate) mod amx;
+pub(crate) mod amx_gemm;
 pub(crate) mod gemm;
 pub(crate) mod matvec;
 pub(crate) mod softmax;

@@ -137,7 +137,7 @@ impl Grad<'_> {
     }
 
     /// The accumulator `weight`'s gradient goes into, if any.
-    pub(super) fn sink(&self, weight: &Tensor) -> Option<&Tensor> {
+    pub(super) fn sink(&self, weight: &Tensor) -> Option<weight_grads::Sink<'_>> {
         match self {
             Grad::Into(grads) => grads.sink(weight),
             _ => None,

@@ -246,13 +246,15 @@ fn chunk_scores(
     entropy: Entropy,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let accumulate = super::ops::accumulate_dtype(rows.dtype());
-    let logits = rows
-        .detach()
-        .matmul(&head.detach().t()?)?
-        .to_dtype(accumulate)?;
+    let sink = grad.sink(head);
+    // With the head's accumulator the logits multiply as the pass's other products do.
+    let logits = match sink {
+        Some(sink) => weight_grads::logits(&rows.detach(), &head.detach(), sink)?,
+        None => rows.detach().matmul(&head.detach().t()?)?,
+    }
+    .to_dtype(accumulate)?;
     // The weights are Vars, so rows and head track a graph even from a pass without grad.
     let tracked = grad.on() && (rows.track_op() || head.track_op());
-    let sink = grad.sink(head);
     // Scoring without a gradient, and training with the head's accumulator and no entropy
     // bonus (the CPU's update), need only the softmax's fused statistics.
     if entropy != Entropy::WithGrad && (!tracked || sink.is_some()) {

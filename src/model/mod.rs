@@ -21,7 +21,7 @@ pub use config::{Architecture, ModelConfig};
 pub use decoder::{DecodeWeights, Grad, KvCache, Model};
 pub use device::{DeviceSpec, Precision};
 pub use tokenizer::TextTokenizer;
-pub use weight_grads::WeightGrads;
+pub use weight_grads::{Products, WeightGrads};
 
 /// Why a model could not be loaded, imported or run.
 #[derive(Debug, thiserror::Error)]

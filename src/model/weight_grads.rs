@@ -18,17 +18,28 @@ use candle_core::{
     Tensor, TensorId, Var,
 };
 
+pub use crate::kernels::gemm::Products;
 use crate::kernels::gemm::{add_product, product, View};
 
-/// One zeroed accumulator per matrix parameter, keyed by the parameter.
+/// One zeroed accumulator per matrix parameter, keyed by the parameter, and how the products
+/// of the pass multiply.
 pub struct WeightGrads {
     sinks: HashMap<TensorId, Tensor>,
+    products: Products,
+}
+
+/// Where one matrix's gradient goes, and how the products around it multiply.
+#[derive(Clone, Copy)]
+pub struct Sink<'a> {
+    grad: &'a Tensor,
+    products: Products,
 }
 
 impl WeightGrads {
     /// Accumulators for the rank-2 parameters among `params`, or None when they cannot take
-    /// gradients in place (not on the CPU, or neither f32 nor f64).
-    pub fn new(params: &[&Var]) -> Result<Option<Self>> {
+    /// gradients in place (not on the CPU, or neither f32 nor f64). The pass's matrix products
+    /// (forward, input and weight gradients) multiply as `products` says.
+    pub fn new(params: &[&Var], products: Products) -> Result<Option<Self>> {
         let mut sinks = HashMap::new();
         for p in params.iter().filter(|p| p.rank() == 2) {
             if !p.device().is_cpu() || !matches!(p.dtype(), DType::F32 | DType::F64) {
@@ -36,12 +47,15 @@ impl WeightGrads {
             }
             sinks.insert(p.id(), p.zeros_like()?.detach());
         }
-        Ok(Some(Self { sinks }))
+        Ok(Some(Self { sinks, products }))
     }
 
     /// The accumulator of `weight`, if it has one.
-    pub(super) fn sink(&self, weight: &Tensor) -> Option<&Tensor> {
-        self.sinks.get(&weight.id())
+    pub(super) fn sink(&self, weight: &Tensor) -> Option<Sink<'_>> {
+        let products = self.products;
+        self.sinks
+            .get(&weight.id())
+            .map(|grad| Sink { grad, products })
     }
 
     /// Adds what was accumulated into `grads`, the rest of the parameters' gradients.
@@ -58,16 +72,27 @@ impl WeightGrads {
 }
 
 /// `x (m, k) · w (n, k)ᵀ` whose backward adds `dyᵀ · x` into `sink` and returns only dx.
-pub fn project(x: &Tensor, w: &Tensor, sink: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Projection { sink: sink.clone() })
+pub fn project(x: &Tensor, w: &Tensor, sink: Sink) -> Result<Tensor> {
+    x.apply_op2(
+        w,
+        Projection {
+            sink: sink.grad.clone(),
+            products: sink.products,
+        },
+    )
+}
+
+/// `rows (n, h) · head (v, h)ᵀ` with no backward, multiplied as `sink`'s pass multiplies.
+pub fn logits(rows: &Tensor, head: &Tensor, sink: Sink) -> Result<Tensor> {
+    plain_product(rows, &head.t()?, sink.products)
 }
 
 /// `a · b` with no backward (gemm without zeroing the output first).
-fn plain_product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.apply_op2_no_bwd(b, &Product)
+fn plain_product(a: &Tensor, b: &Tensor, products: Products) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &Product(products))
 }
 
-struct Product;
+struct Product(Products);
 
 impl CustomOp2 for Product {
     fn name(&self) -> &'static str {
@@ -82,12 +107,16 @@ impl CustomOp2 for Product {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (av, bv) = (View::of(al)?, View::of(bl)?);
-        Ok((product(a, av, b, bv)?, Shape::from((av.rows, bv.cols))))
+        Ok((
+            product(a, av, b, bv, self.0)?,
+            Shape::from((av.rows, bv.cols)),
+        ))
     }
 }
 
 struct Projection {
     sink: Tensor,
+    products: Products,
 }
 
 impl CustomOp2 for Projection {
@@ -103,7 +132,10 @@ impl CustomOp2 for Projection {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (xv, wv) = (View::of(xl)?, View::of(wl)?.t());
-        Ok((product(x, xv, w, wv)?, Shape::from((xv.rows, wv.cols))))
+        Ok((
+            product(x, xv, w, wv, self.products)?,
+            Shape::from((xv.rows, wv.cols)),
+        ))
     }
 
     fn bwd(
@@ -114,13 +146,14 @@ impl CustomOp2 for Projection {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        self.sink.inplace_op3(&dy, &x.detach(), &AddWeightGrad)?;
-        Ok((Some(plain_product(&dy, &w.detach())?), None))
+        self.sink
+            .inplace_op3(&dy, &x.detach(), &AddWeightGrad(self.products))?;
+        Ok((Some(plain_product(&dy, &w.detach(), self.products)?), None))
     }
 }
 
 /// `dst (n, k) += gᵀ · x` for g (m, n) and x (m, k): a weight's gradient, accumulated.
-struct AddWeightGrad;
+struct AddWeightGrad(Products);
 
 impl InplaceOp3 for AddWeightGrad {
     fn name(&self) -> &'static str {
@@ -136,16 +169,17 @@ impl InplaceOp3 for AddWeightGrad {
         x: &CpuStorage,
         xl: &Layout,
     ) -> Result<()> {
-        add_product(dst, View::of(dl)?, g, View::of(gl)?.t(), x, View::of(xl)?)
+        let (dv, gv, xv) = (View::of(dl)?, View::of(gl)?.t(), View::of(xl)?);
+        add_product(dst, dv, g, gv, x, xv, self.0)
     }
 }
 
 /// Rows `ids` of `table` (v, h) -> (ids.len(), h), whose backward adds each gradient row into
 /// row `ids[i]` of `sink`.
-pub fn lookup(table: &Tensor, ids: &[u32], sink: &Tensor) -> Result<Tensor> {
+pub fn lookup(table: &Tensor, ids: &[u32], sink: Sink) -> Result<Tensor> {
     table.apply_op1(Lookup {
         ids: ids.to_vec(),
-        sink: sink.clone(),
+        sink: sink.grad.clone(),
     })
 }
 
@@ -241,12 +275,13 @@ impl InplaceOp2 for AddRows {
 /// A zero-valued (n,) term for rows (n, h) and the LM head (v, h) whose gradient is that of
 /// `sum(rows ⊙ (c · head))` with c (n, v) held constant: d rows = c · head, and cᵀ · rows is
 /// added into `sink` (the log-probs' gradient surrogate, `logprobs.rs`).
-pub fn head_surrogate(rows: &Tensor, head: &Tensor, c: Tensor, sink: &Tensor) -> Result<Tensor> {
+pub fn head_surrogate(rows: &Tensor, head: &Tensor, c: Tensor, sink: Sink) -> Result<Tensor> {
     rows.apply_op2(
         head,
         HeadSurrogate {
             c,
-            sink: sink.clone(),
+            sink: sink.grad.clone(),
+            products: sink.products,
         },
     )
 }
@@ -254,6 +289,7 @@ pub fn head_surrogate(rows: &Tensor, head: &Tensor, c: Tensor, sink: &Tensor) ->
 struct HeadSurrogate {
     c: Tensor,
     sink: Tensor,
+    products: Products,
 }
 
 impl CustomOp2 for HeadSurrogate {
@@ -285,7 +321,67 @@ impl CustomOp2 for HeadSurrogate {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gc = self.c.broadcast_mul(&g.unsqueeze(1)?)?;
-        self.sink.inplace_op3(&gc, &rows.detach(), &AddWeightGrad)?;
-        Ok((Some(plain_product(&gc, &head.detach())?), None))
+        self.sink
+            .inplace_op3(&gc, &rows.detach(), &AddWeightGrad(self.products))?;
+        Ok((
+            Some(plain_product(&gc, &head.detach(), self.products)?),
+            None,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A projection's output, input gradient and weight gradient under `products`.
+    fn projected(x: &Var, w: &Var, products: Products) -> (Tensor, Tensor, Tensor) {
+        let grads = WeightGrads::new(&[w], products).unwrap().unwrap();
+        let y = project(x.as_tensor(), w.as_tensor(), grads.sink(w).unwrap()).unwrap();
+        let weights = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape(y.shape())
+            .unwrap();
+        let store = (&y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = store.get(x).unwrap().clone();
+        (y, dx, grads.sinks[&w.id()].clone())
+    }
+
+    #[test]
+    fn bf16_tile_products_stay_within_bf16_rounding_of_f32_both_ways() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (128, 256), &dev).unwrap();
+        let w = Var::randn(0f32, 0.1, (192, 256), &dev).unwrap();
+        let exact = projected(&x, &w, Products::F32);
+        let tiled = projected(&x, &w, Products::Bf16Tiles);
+        let on_tiles = crate::kernels::amx_gemm::fits(128, 192, 256);
+        for (name, e, t) in [
+            ("y", &exact.0, &tiled.0),
+            ("dx", &exact.1, &tiled.1),
+            ("dw", &exact.2, &tiled.2),
+        ] {
+            let scale = e
+                .abs()
+                .unwrap()
+                .max_keepdim(0)
+                .unwrap()
+                .max(1)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0];
+            let diff = crate::kernels::max_abs_diff(e, t) / scale;
+            // bf16 keeps 8 significant bits: a sum of products drifts by about 2^-8 at most.
+            assert!(diff < 1e-2, "{name}: {diff}");
+            // On AMX the roundings show; elsewhere the request falls back to exact f32.
+            assert_eq!(diff > 0.0, on_tiles, "{name}");
+        }
     }
 }

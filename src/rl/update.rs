@@ -12,7 +12,7 @@ use super::advantage::{advantages, Estimator};
 use super::loss::{clipped_surrogate, kl_penalty, Aggregation, LossConfig, LossStats};
 use super::optim::AdamW;
 use crate::model::logprobs::{pass_size, score, Entropy, Scored};
-use crate::model::{Grad, Model, WeightGrads};
+use crate::model::{Grad, Model, Products, WeightGrads};
 
 /// One sampled completion and what it earned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub struct UpdateConfig {
     pub temperature: f32,
     /// Weight of the entropy bonus (0 = off, as in AZR); the loss subtracts coef x mean entropy.
     pub entropy_coef: f64,
+    /// The large matrix products of an f32 update multiply bf16 roundings of their operands
+    /// with f32 sums (bf16 autocast), on AMX tiles where the CPU has them; elsewhere, and with
+    /// false (the default: the trainer stays exact f32), they stay f32.
+    pub bf16_products: bool,
 }
 
 impl Default for UpdateConfig {
@@ -63,6 +67,7 @@ impl Default for UpdateConfig {
             epochs: 1,
             temperature: 0.7,
             entropy_coef: 0.0,
+            bf16_products: false,
         }
     }
 }
@@ -293,7 +298,11 @@ pub fn update(
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         // Matrices' gradients summed in place over the passes, where the device allows it.
-        let sinks = WeightGrads::new(&params)?;
+        let products = match config.bf16_products {
+            true => Products::Bf16Tiles,
+            false => Products::F32,
+        };
+        let sinks = WeightGrads::new(&params, products)?;
         let grad = sinks.as_ref().map_or(Grad::Graph, Grad::Into);
         let mut loss_sum = 0f64;
         for chunk in &passes {

@@ -274,7 +274,9 @@ fn accumulated_matrix_gradients_match_backward() {
             let loss = ((s.logprobs * weights).unwrap().sum_all().unwrap() + h).unwrap();
             loss.backward().unwrap()
         };
-        let sinks = WeightGrads::new(&params).unwrap().expect("CPU float");
+        let sinks = WeightGrads::new(&params, crate::model::Products::F32)
+            .unwrap()
+            .expect("CPU float");
         let mut accumulated = backward(passes[0], Grad::Into(&sinks));
         crate::rl::optim::accumulate(
             &mut accumulated,

@@ -1,0 +1,417 @@
+//! Training's large matrix products on Intel AMX: `dst (m, n) [+]= a (m, k) · b (k, n)` for
+//! f32 operands in any strides, multiplied as bf16 (rounded to nearest even) with f32 sums,
+//! as PyTorch's bf16 autocast multiplies. The policy update is bound by these products (the
+//! linear layers' forward, their input gradients and their weight gradients); f32 gemm runs
+//! them at ~0.3 TFLOP/s on two cores, the tiles several times faster.
+//!
+//! Both operands are packed per call (about m k + k n roundings, small against the m n k
+//! products of the sizes that come here): `a` into 16 x 32 A tiles, `b` into the pair-
+//! interleaved B tiles. Each register block is 32 x 32 of the output (four sum tiles, two A
+//! and two B tiles per k block), and blocks are spread over threads in chunks that keep their
+//! tiles of `a` and `b` in L2.
+
+use rayon::prelude::*;
+
+use super::amx::{supported, TileConfig, KB, TILE};
+use super::gemm::View;
+use super::matvec::round_bf16;
+
+/// Rows (and columns) of the output per register block.
+const BLOCK: usize = 2 * TILE;
+/// Register blocks per thread task, down and across.
+const CHUNK: usize = 4;
+/// Fewest multiply-adds a product needs to be worth packing for the tiles.
+const MIN_WORK: usize = 1 << 21;
+
+/// Whether a product of these sizes goes on tiles here.
+pub fn fits(m: usize, n: usize, k: usize) -> bool {
+    m * n * k >= MIN_WORK && supported()
+}
+
+/// The output pointer, shared by tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes its own (row, column) blocks of the output, never another's.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer; a method, so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst = (read_dst ? dst : 0) + a · b` over the views (shapes checked by the caller).
+///
+/// # Safety
+/// [`supported`] must hold, and `dst` must be valid for reads and writes of every element of
+/// `dv`.
+pub unsafe fn product(
+    dst: *mut f32,
+    dv: View,
+    read_dst: bool,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+) {
+    let (m, n, k) = (av.rows, bv.cols, av.cols);
+    let kb = k.div_ceil(KB);
+    let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
+    let packed_a = pack_a(a, av, 2 * row_blocks, kb);
+    let packed_b = pack_b(b, bv, 2 * col_blocks, kb);
+    let across = col_blocks.div_ceil(CHUNK);
+    let out = Out(dst);
+    (0..row_blocks.div_ceil(CHUNK) * across)
+        .into_par_iter()
+        .for_each(|task| {
+            let rows = (task / across) * CHUNK..((task / across + 1) * CHUNK).min(row_blocks);
+            let cols = (task % across) * CHUNK..((task % across + 1) * CHUNK).min(col_blocks);
+            let emit = |i: usize, j: usize, sums: &[f32]| {
+                let cols = BLOCK.min(n - j * BLOCK);
+                for r in 0..BLOCK.min(m - i * BLOCK) {
+                    let (row, sums) = (i * BLOCK + r, &sums[r * BLOCK..r * BLOCK + cols]);
+                    // SAFETY: the row's columns lie in dv, which the caller vouches for, and
+                    // belong to this task's blocks only.
+                    unsafe { put_row(out.get(), dv, row, j * BLOCK, sums, read_dst) };
+                }
+            };
+            // SAFETY: the caller checked `supported`; the packed buffers hold every tile of
+            // these blocks.
+            unsafe { tiles::blocks(&packed_a, &packed_b, kb, rows, cols, emit) };
+        });
+}
+
+/// Writes (or adds) `sums` into row `row` of `dv` from column `col`.
+///
+/// # Safety
+/// The elements must lie in `dv` and `dst` be valid for them.
+unsafe fn put_row(dst: *mut f32, dv: View, row: usize, col: usize, sums: &[f32], add: bool) {
+    if dv.contiguous_rows() {
+        let out = std::slice::from_raw_parts_mut(dst.add(dv.at(row, col)), sums.len());
+        match add {
+            true => out.iter_mut().zip(sums).for_each(|(o, s)| *o += s),
+            false => out.copy_from_slice(sums),
+        }
+    } else {
+        for (c, s) in sums.iter().enumerate() {
+            let p = dst.add(dv.at(row, col + c));
+            *p = if add { *p + s } else { *s };
+        }
+    }
+}
+
+/// Row `i` of a view from column 0, as a slice, when its rows are contiguous.
+fn row_of(x: &[f32], v: View, i: usize) -> Option<&[f32]> {
+    v.contiguous_rows()
+        .then(|| &x[v.at(i, 0)..v.at(i, 0) + v.cols])
+}
+
+/// Column `j` of a view from row 0, as a slice, when its columns are contiguous.
+fn column_of(x: &[f32], v: View, j: usize) -> Option<&[f32]> {
+    row_of(x, v.t(), j)
+}
+
+/// `a (m, k)` as A tiles: row block r, k block q is 16 rows of 32 bf16 at (r kb + q) 512,
+/// zeros past the edges.
+fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize) -> Vec<half::bf16> {
+    let tile = TILE * KB;
+    let mut packed = vec![half::bf16::ZERO; blocks * kb * tile];
+    packed
+        .par_chunks_mut(kb * tile)
+        .enumerate()
+        .for_each(|(rb, tiles)| {
+            let rows = rb * TILE..((rb + 1) * TILE).min(av.rows);
+            if rows.is_empty() {
+                return; // a padding block: zeros
+            }
+            if !av.contiguous_rows() && av.t().contiguous_rows() {
+                // Columns contiguous (a transposed matrix): 16 rows of a column at a time.
+                let mut rounded = [half::bf16::ZERO; TILE];
+                let height = rows.len();
+                for c in 0..av.cols {
+                    let start = av.at(rows.start, c);
+                    round_bf16(&a[start..start + height], &mut rounded[..height]);
+                    let at = (c / KB) * tile + c % KB;
+                    for (r, v) in rounded[..height].iter().enumerate() {
+                        tiles[at + r * KB] = *v;
+                    }
+                }
+                return;
+            }
+            let mut rounded = vec![half::bf16::ZERO; av.cols];
+            for r in rows {
+                match row_of(a, av, r) {
+                    Some(row) => round_bf16(row, &mut rounded),
+                    None => {
+                        (0..av.cols).for_each(|c| rounded[c] = half::bf16::from_f32(a[av.at(r, c)]))
+                    }
+                }
+                for (q, chunk) in rounded.chunks(KB).enumerate() {
+                    let at = q * tile + (r % TILE) * KB;
+                    tiles[at..at + chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        });
+    packed
+}
+
+/// `b (k, n)` as B tiles: column block j, k block q is 16 rows (k pairs) of 16 columns at
+/// (j kb + q) 256, each a pair of bf16 k-values as one u32, zeros past the edges; k pair p
+/// of column c sits at p 16 + c of its column block.
+fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize) -> Vec<u32> {
+    let mut packed = vec![0u32; blocks * kb * TILE * TILE];
+    let pair =
+        |lo: half::bf16, hi: half::bf16| u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16;
+    packed
+        .par_chunks_mut(kb * TILE * TILE)
+        .enumerate()
+        .for_each(|(cb, tiles)| {
+            let cols = cb * TILE..((cb + 1) * TILE).min(bv.cols);
+            if cols.is_empty() {
+                return; // a padding block: zeros
+            }
+            if !bv.t().contiguous_rows() && bv.contiguous_rows() {
+                // Rows contiguous: two rows' 16 columns make a row of pairs.
+                let width = cols.len();
+                let (mut lo, mut hi) = ([half::bf16::ZERO; TILE], [half::bf16::ZERO; TILE]);
+                for p in 0..bv.rows.div_ceil(2) {
+                    let start = bv.at(2 * p, cols.start);
+                    round_bf16(&b[start..start + width], &mut lo[..width]);
+                    match 2 * p + 1 < bv.rows {
+                        true => {
+                            let start = bv.at(2 * p + 1, cols.start);
+                            round_bf16(&b[start..start + width], &mut hi[..width]);
+                        }
+                        false => hi.fill(half::bf16::ZERO),
+                    }
+                    for c in 0..width {
+                        tiles[p * TILE + c] = pair(lo[c], hi[c]);
+                    }
+                }
+                return;
+            }
+            let mut rounded = vec![half::bf16::ZERO; bv.rows + 1];
+            for c in cols {
+                // A column of b, rounded, is its pairs in order.
+                match column_of(b, bv, c) {
+                    Some(column) => round_bf16(column, &mut rounded[..bv.rows]),
+                    None => {
+                        (0..bv.rows).for_each(|r| rounded[r] = half::bf16::from_f32(b[bv.at(r, c)]))
+                    }
+                }
+                rounded[bv.rows] = half::bf16::ZERO;
+                for (p, two) in rounded.chunks_exact(2).enumerate() {
+                    tiles[p * TILE + c % TILE] = pair(two[0], two[1]);
+                }
+            }
+        });
+    packed
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tiles {
+    use super::{TileConfig, BLOCK, KB, TILE};
+    use std::arch::asm;
+    use std::ops::Range;
+
+    #[repr(C, align(64))]
+    struct Sums([f32; BLOCK * BLOCK]);
+
+    /// The register blocks `rows` x `cols` (in blocks of 32), column block by column block,
+    /// each handed to `emit` as 32 x 32 sums (row-major).
+    pub unsafe fn blocks(
+        a: &[half::bf16],
+        b: &[u32],
+        kb: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        emit: impl Fn(usize, usize, &[f32]),
+    ) {
+        // Registers 0-3 the sums, 4-5 two A tiles, 6-7 two B tiles.
+        let cfg = TileConfig::new(8);
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let mut sums = Sums([0.0; BLOCK * BLOCK]);
+        let (a_tile, b_tile) = (TILE * KB, TILE * TILE);
+        for j in cols {
+            for i in rows.clone() {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                let a0 = a.as_ptr().add(2 * i * kb * a_tile);
+                let a1 = a0.add(kb * a_tile);
+                let b0 = b.as_ptr().add(2 * j * kb * b_tile);
+                let b1 = b0.add(kb * b_tile);
+                for q in 0..kb {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tileloadd tmm7, [{b1} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(q * a_tile),
+                        a1 = in(reg) a1.add(q * a_tile),
+                        b0 = in(reg) b0.add(q * b_tile),
+                        b1 = in(reg) b1.add(q * b_tile),
+                        s = in(reg) 64usize,
+                        options(nostack, readonly)
+                    );
+                }
+                let s = sums.0.as_mut_ptr();
+                asm!(
+                    "tilestored [{p0} + {s}*1], tmm0",
+                    "tilestored [{p1} + {s}*1], tmm1",
+                    "tilestored [{p2} + {s}*1], tmm2",
+                    "tilestored [{p3} + {s}*1], tmm3",
+                    p0 = in(reg) s,
+                    p1 = in(reg) s.add(TILE),
+                    p2 = in(reg) s.add(TILE * BLOCK),
+                    p3 = in(reg) s.add(TILE * BLOCK + TILE),
+                    s = in(reg) BLOCK * 4,
+                    options(nostack)
+                );
+                emit(i, j, &sums.0);
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod tiles {
+    pub unsafe fn blocks(
+        _: &[half::bf16],
+        _: &[u32],
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: std::ops::Range<usize>,
+        _: impl Fn(usize, usize, &[f32]),
+    ) {
+        unreachable!("AMX is detected on x86_64 Linux only")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{CpuStorage, DType, Device, Tensor};
+
+    /// `t` rounded to bf16, in f64.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    }
+
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn view(t: &Tensor) -> View {
+        View::of(t.layout()).unwrap()
+    }
+
+    #[test]
+    fn tiles_match_the_exact_product_of_the_rounded_operands_in_any_layout() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        // Whole tiles, ragged edges everywhere, and one row or column.
+        for (m, n, k) in [
+            (64, 64, 64),
+            (37, 50, 70),
+            (1, 33, 31),
+            (130, 1, 96),
+            (200, 160, 900),
+        ] {
+            let a = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let bt = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let want = rounded(&a).matmul(&rounded(&bt).t().unwrap()).unwrap();
+            let (av, btv) = (view(&a), view(&bt));
+            let (a, bt) = (f32s(&a), f32s(&bt));
+            // a · btᵀ (b strided), written whole.
+            let mut out = vec![f32::NAN; m * n];
+            let dv = View::of(Tensor::zeros((m, n), DType::F32, &dev).unwrap().layout()).unwrap();
+            unsafe { product(out.as_mut_ptr(), dv, false, &a, av, &bt, btv.t()) };
+            let got = Tensor::from_vec(out.clone(), (m, n), &dev).unwrap();
+            let diff = crate::kernels::max_abs_diff(&got, &want);
+            assert!(diff < 1e-4 * (k as f32).sqrt(), "m={m} n={n} k={k}: {diff}");
+            // The same added into a transposed destination holding ones: (bt · aᵀ)ᵀ + 1.
+            let mut dst = vec![1f32; n * m];
+            let dt = View::of(Tensor::zeros((n, m), DType::F32, &dev).unwrap().layout())
+                .unwrap()
+                .t();
+            unsafe { product(dst.as_mut_ptr(), dt, true, &a, av, &bt, btv.t()) };
+            let got = Tensor::from_vec(dst, (n, m), &dev).unwrap().t().unwrap();
+            let want = (want + 1.0).unwrap();
+            let diff = crate::kernels::max_abs_diff(&got, &want);
+            assert!(
+                diff < 1e-4 * (k as f32).sqrt(),
+                "added, m={m} n={n} k={k}: {diff}"
+            );
+            // A transposed lhs and a row-major rhs (a weight gradient's shapes): cᵀ · d.
+            let c = Tensor::randn(0f32, 1., (k, m), &dev).unwrap();
+            let d = Tensor::randn(0f32, 1., (k, n), &dev).unwrap();
+            let want = rounded(&c).t().unwrap().matmul(&rounded(&d)).unwrap();
+            let (cv, dv2) = (view(&c).t(), view(&d));
+            let mut out = vec![f32::NAN; m * n];
+            unsafe { product(out.as_mut_ptr(), dv, false, &f32s(&c), cv, &f32s(&d), dv2) };
+            let got = Tensor::from_vec(out, (m, n), &dev).unwrap();
+            let diff = crate::kernels::max_abs_diff(&got, &want);
+            assert!(
+                diff < 1e-4 * (k as f32).sqrt(),
+                "cᵀ d, m={m} n={n} k={k}: {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemm_takes_the_tiles_only_for_large_f32_products_when_asked() {
+        use crate::kernels::gemm::{product, Products};
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1., (256, 512), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., (512, 256), &dev).unwrap();
+        let storage = |t: &Tensor| CpuStorage::F32(f32s(t));
+        let exact = product(
+            &storage(&a),
+            view(&a),
+            &storage(&b),
+            view(&b),
+            Products::F32,
+        )
+        .unwrap();
+        let tiled = product(
+            &storage(&a),
+            view(&a),
+            &storage(&b),
+            view(&b),
+            Products::Bf16Tiles,
+        )
+        .unwrap();
+        let (exact, tiled) = (
+            exact.as_slice::<f32>().unwrap(),
+            tiled.as_slice::<f32>().unwrap(),
+        );
+        let want = a.matmul(&b).unwrap();
+        assert!(
+            crate::kernels::max_abs_diff(
+                &Tensor::new(exact, &dev).unwrap(),
+                &want.flatten_all().unwrap()
+            ) < 1e-3
+        );
+        // On AMX the bf16 roundings show; without it the request falls back to exact f32.
+        assert_eq!(exact == tiled, !fits(256, 256, 512));
+        assert!(!fits(8, 8, 8));
+    }
+}
