@@ -98,9 +98,52 @@ pub enum Products {
     Bf16Tiles,
 }
 
-impl Products {
-    fn on_tiles(self, av: View, bv: View) -> bool {
-        self == Products::Bf16Tiles && amx_gemm::fits(av.rows, bv.cols, av.cols)
+/// The dtypes these products take: gemm's unit, and for f32 the AMX tiles.
+trait Element: Copy + 'static {
+    const ONE: Self;
+
+    /// Runs the product on AMX tiles when `products` asks for them and they take it, saying
+    /// whether it did.
+    ///
+    /// # Safety
+    /// As [`run`]'s, with the views already checked.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn on_tiles(
+        _products: Products,
+        _dst: *mut Self,
+        _dv: View,
+        _read_dst: bool,
+        _a: &[Self],
+        _av: View,
+        _b: &[Self],
+        _bv: View,
+    ) -> bool {
+        false
+    }
+}
+
+impl Element for f64 {
+    const ONE: Self = 1.0;
+}
+
+impl Element for f32 {
+    const ONE: Self = 1.0;
+
+    unsafe fn on_tiles(
+        products: Products,
+        dst: *mut f32,
+        dv: View,
+        read_dst: bool,
+        a: &[f32],
+        av: View,
+        b: &[f32],
+        bv: View,
+    ) -> bool {
+        let tiles = products == Products::Bf16Tiles && amx_gemm::fits(av.rows, bv.cols, av.cols);
+        if tiles {
+            amx_gemm::product(dst, dv, read_dst, a, av, b, bv);
+        }
+        tiles
     }
 }
 
@@ -112,33 +155,21 @@ pub fn product(
     bv: View,
     products: Products,
 ) -> Result<CpuStorage> {
-    fn new<T: Copy + 'static>(
-        one: T,
-        a: &[T],
-        av: View,
-        b: &[T],
-        bv: View,
-        tiles: bool,
-    ) -> Result<Vec<T>> {
+    fn new<T: Element>(a: &[T], av: View, b: &[T], bv: View, products: Products) -> Result<Vec<T>> {
         let n = av.rows * bv.cols;
         let mut out = Vec::with_capacity(n);
         let dv = View::contiguous(av.rows, bv.cols);
         // SAFETY: both kernels write all n elements (read_dst = false never reads them); the
         // capacity holds them.
         unsafe {
-            run(out.as_mut_ptr(), n, dv, false, one, a, av, b, bv, tiles)?;
+            run(out.as_mut_ptr(), n, dv, false, a, av, b, bv, products)?;
             out.set_len(n);
         }
         Ok(out)
     }
     Ok(match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            let tiles = products.on_tiles(av, bv);
-            CpuStorage::F32(new(1f32, a, av, b, bv, tiles)?)
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(new(1f64, a, av, b, bv, false)?)
-        }
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(new(a, av, b, bv, products)?),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(new(a, av, b, bv, products)?),
         _ => bail!(
             "gemm product: needs two f32 or two f64 operands, got {:?} and {:?}",
             a.dtype(),
@@ -158,14 +189,13 @@ pub fn add_product(
     products: Products,
 ) -> Result<()> {
     let d = dst.dtype();
-    let tiles = products.on_tiles(av, bv);
     match (dst, a, b) {
-        (CpuStorage::F32(d), CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            // SAFETY: `run` checks that dv lies within d.
-            unsafe { run(d.as_mut_ptr(), d.len(), dv, true, 1f32, a, av, b, bv, tiles) }
-        }
+        // SAFETY: `run` checks that dv lies within d.
+        (CpuStorage::F32(d), CpuStorage::F32(a), CpuStorage::F32(b)) => unsafe {
+            run(d.as_mut_ptr(), d.len(), dv, true, a, av, b, bv, products)
+        },
         (CpuStorage::F64(d), CpuStorage::F64(a), CpuStorage::F64(b)) => unsafe {
-            run(d.as_mut_ptr(), d.len(), dv, true, 1f64, a, av, b, bv, false)
+            run(d.as_mut_ptr(), d.len(), dv, true, a, av, b, bv, products)
         },
         _ => bail!(
             "gemm add_product: needs three f32 or three f64 tensors, got {d:?}, {:?}, {:?}",
@@ -175,23 +205,22 @@ pub fn add_product(
     }
 }
 
-/// `dst = (read_dst ? dst : 0) + a · b` through gemm, or on AMX tiles when `tiles` (f32 only),
-/// with the shapes and bounds checked.
+/// `dst = (read_dst ? dst : 0) + a · b` through gemm, or on AMX tiles where `products` asks
+/// for them and the dtype and size allow it, with the shapes and bounds checked.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `dst_len` elements (and reads of them with `read_dst`).
 #[allow(clippy::too_many_arguments)]
-unsafe fn run<T: Copy + 'static>(
+unsafe fn run<T: Element>(
     dst: *mut T,
     dst_len: usize,
     dv: View,
     read_dst: bool,
-    one: T,
     a: &[T],
     av: View,
     b: &[T],
     bv: View,
-    tiles: bool,
+    products: Products,
 ) -> Result<()> {
     if av.cols != bv.rows || dv.rows != av.rows || dv.cols != bv.cols {
         bail!("gemm: cannot multiply {av:?} by {bv:?} into {dv:?}");
@@ -199,13 +228,7 @@ unsafe fn run<T: Copy + 'static>(
     dv.within(dst_len)?;
     av.within(a.len())?;
     bv.within(b.len())?;
-    if tiles {
-        let f32s = |p: *const T, len: usize| std::slice::from_raw_parts(p as *const f32, len);
-        if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
-            bail!("gemm: AMX tiles take f32 operands only");
-        }
-        let (a, b) = (f32s(a.as_ptr(), a.len()), f32s(b.as_ptr(), b.len()));
-        super::amx_gemm::product(dst as *mut f32, dv, read_dst, a, av, b, bv);
+    if T::on_tiles(products, dst, dv, read_dst, a, av, b, bv) {
         return Ok(());
     }
     let threads = candle_core::utils::get_num_threads();
@@ -229,8 +252,8 @@ unsafe fn run<T: Copy + 'static>(
         b.as_ptr().add(at(bv)),
         bv.cs as isize,
         bv.rs as isize,
-        one,
-        one,
+        T::ONE,
+        T::ONE,
         false,
         false,
         false,
