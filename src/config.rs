@@ -107,7 +107,7 @@ pub struct SelfplayConfig {
     /// Sampling temperature of both roles (must be > 0: learnability needs sampled answers).
     pub temperature: f32,
     pub top_p: f32,
-    /// Sequences generated in one batch.
+    /// Sequences decoding at once (finished rows take the phase's waiting prompts).
     pub generate_batch: usize,
     /// The cold start: tasks per type the buffer holds before step 1, the identity seeds
     /// included (1 or 0 = only the identity seed).

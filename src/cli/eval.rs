@@ -38,7 +38,7 @@ pub struct EvalArgs {
     /// Token budget per completion (default: 512 for code, 128 for CRUXEval).
     #[arg(long, value_name = "N")]
     max_tokens: Option<usize>,
-    /// Sequences generated together.
+    /// Sequences decoding at once (a finished row takes the next waiting prompt).
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Only the first N problems.

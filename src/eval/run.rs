@@ -19,11 +19,11 @@ use crate::sandbox::{Limits, Outcome, ProgramRun, Sandbox};
 pub struct Generator<'a> {
     pub model: &'a Model,
     pub tokenizer: &'a TextTokenizer,
-    /// Sampling, token budget and stop strings; batch k samples with seed `seed + k`.
+    /// Sampling, token budget and stop strings; one seed drives the whole run.
     pub config: GenerateConfig,
     /// Completions per problem.
     pub n: usize,
-    /// Sequences generated together.
+    /// Sequences decoding at once.
     pub batch: usize,
 }
 
@@ -205,14 +205,13 @@ pub fn generate(
         &ordered,
         &gen.config,
         gen.batch,
-        |start, out| {
-            for (&i, g) in work[start..].iter().zip(out) {
-                tokens += g.tokens.len();
-                checks.start(i, problems[i].completion(&g.text));
-                left[i] -= 1;
-                if left[i] == 0 {
-                    progress.inc(1);
-                }
+        |k, g| {
+            let i = work[k];
+            tokens += g.tokens.len();
+            checks.start(i, problems[i].completion(&g.text));
+            left[i] -= 1;
+            if left[i] == 0 {
+                progress.inc(1);
             }
         },
         |_| {},

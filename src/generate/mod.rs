@@ -1,13 +1,14 @@
 //! Generation: batched sampling from the decoder with a KV cache. Prompts of different lengths
 //! are left-padded into one batch; each row stops at an end-of-sequence token, at a stop string,
-//! or at the token limit. Returns token ids, text and the log-probability of every sampled token.
+//! or at the token limit, and a waiting prompt takes its place. Returns token ids, text and the
+//! log-probability of every sampled token.
 
 pub mod sample;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -100,43 +101,162 @@ pub fn generate(
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
 ) -> Result<Vec<Generation>, ModelError> {
-    let weights = decode_weights(model, config)?;
-    generate_using(model, weights, tokenizer, prompts, config, &mut |_| {})
+    generate_batches(
+        model,
+        tokenizer,
+        prompts,
+        config,
+        prompts.len(),
+        |_, _| {},
+        |_| {},
+    )
 }
 
-/// Completions for `prompts`, `batch` at a time; batch k samples with seed `seed + k`. The
-/// batches share one set of bf16 decode copies, as the weights do not change between them.
-/// `done(start, batch)` sees each batch as it finishes (its first prompt's index, its
-/// completions), so a caller can start checking them while the next batch generates;
-/// `sampled(n)` sees every sampling step (n tokens, one per live row), for progress displays.
+/// Completions for `prompts`, decoding up to `batch` rows at once. When a row finishes, the
+/// next waiting prompt is prefilled and takes its place (continuous batching), so the batch
+/// runs at its width until the prompts run out rather than shrinking to its longest row.
+/// Prompts start in order, and the rows share one set of bf16 decode copies. Completion `i`
+/// samples from its own stream of `seed`, so what it writes does not depend on the batch
+/// size or on which rows it decoded beside. `done(i, g)` sees each completion as it finishes (prompt `i`), so a
+/// caller can start checking it while the rest generate; `sampled(n)` sees every sampling
+/// step (n tokens, one per live row), for progress displays.
 pub fn generate_batches(
     model: &Model,
     tokenizer: &dyn Vocabulary,
     prompts: &[Vec<u32>],
     config: &GenerateConfig,
     batch: usize,
-    mut done: impl FnMut(usize, &[Generation]),
+    done: impl FnMut(usize, &Generation),
     mut sampled: impl FnMut(usize),
 ) -> Result<Vec<Generation>, ModelError> {
-    let weights = decode_weights(model, config)?;
-    let mut out = Vec::with_capacity(prompts.len());
-    for (k, chunk) in prompts.chunks(batch.max(1)).enumerate() {
-        let config = GenerateConfig {
-            seed: config.seed.wrapping_add(k as u64),
-            ..config.clone()
-        };
-        let generated = generate_using(
-            model,
-            weights.clone(),
-            tokenizer,
-            chunk,
-            &config,
-            &mut sampled,
-        )?;
-        done(out.len(), &generated);
-        out.extend(generated);
+    let mut rows = Rows {
+        tokenizer,
+        config,
+        sampling: Sampling {
+            temperature: config.temperature,
+            top_p: config.top_p,
+        },
+        streams: (0..prompts.len()).map(|i| stream(config.seed, i)).collect(),
+        out: prompts.iter().map(|_| empty()).collect(),
+        done,
+    };
+    // An empty prompt has nothing to condition on, and a zero limit nothing to write.
+    let mut waiting = VecDeque::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        match prompt.is_empty() || config.max_new_tokens == 0 {
+            true => rows.finish(i),
+            false => waiting.push_back(i),
+        }
     }
-    Ok(out)
+    if waiting.is_empty() {
+        return Ok(rows.out);
+    }
+    let first: Vec<usize> = waiting.drain(..batch.clamp(1, waiting.len())).collect();
+    let width = first.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+    let cache = KvCache::with_weights(decode_weights(model, config)?)
+        .reserving(width + config.max_new_tokens);
+    let pad = tokenizer.pad_id();
+    let (mut cache, mut logits) = prefill(model, prompts, &first, pad, cache)?;
+    // The prompt of each cache row.
+    let mut live = first;
+    loop {
+        let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        sampled(logits_rows.len());
+        // The token each row feeds the next step; None once its completion has ended.
+        let mut next: Vec<Option<u32>> = live
+            .iter()
+            .zip(&logits_rows)
+            .map(|(&i, row)| rows.sample(i, row))
+            .collect();
+        // Rows that finished take waiting prompts, whose first tokens are sampled from their
+        // own prompt pass (one may end at once and free its row again).
+        loop {
+            let free: Vec<usize> = (0..next.len())
+                .filter(|&r| next[r].is_none())
+                .take(waiting.len())
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            let new: Vec<usize> = waiting.drain(..free.len()).collect();
+            let (fresh, fresh_logits) = prefill(model, prompts, &new, pad, KvCache::default())?;
+            let fresh_rows: Vec<Vec<f32>> = fresh_logits.to_vec2()?;
+            sampled(new.len());
+            cache.make_room(fresh.len())?;
+            for (j, (&slot, &i)) in free.iter().zip(&new).enumerate() {
+                cache.splice(slot, &fresh, j)?;
+                live[slot] = i;
+                next[slot] = rows.sample(i, &fresh_rows[j]);
+            }
+        }
+        let keep: Vec<usize> = (0..next.len()).filter(|&r| next[r].is_some()).collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < live.len() {
+            cache.keep_rows(&keep)?;
+            live = keep.iter().map(|&r| live[r]).collect();
+        }
+        cache.compact()?;
+        let tokens: Vec<u32> = next.into_iter().flatten().collect();
+        let input = Tensor::from_vec(tokens, (live.len(), 1), model.device())?;
+        let hidden = model.forward(&input, None, Some(&mut cache), false)?;
+        logits = model.next_token_logits(&hidden, &cache)?;
+    }
+    Ok(rows.out)
+}
+
+/// The completions under way and how their tokens are chosen.
+struct Rows<'a, F> {
+    tokenizer: &'a dyn Vocabulary,
+    config: &'a GenerateConfig,
+    sampling: Sampling,
+    /// Each completion's own random stream.
+    streams: Vec<StdRng>,
+    out: Vec<Generation>,
+    done: F,
+}
+
+impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
+    /// Samples completion `i`'s next token from `logits`: the token to feed the next step, or
+    /// None when the completion has ended with it.
+    fn sample(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
+        let (token, logprob) = sample::choose(logits, self.sampling, &mut self.streams[i]);
+        let g = &mut self.out[i];
+        g.tokens.push(token);
+        g.logprobs.push(logprob);
+        g.finish = if self.tokenizer.eos_ids().contains(&token) {
+            Finish::Eos
+        } else if stop_at(&self.tokenizer.decode(&g.tokens), self.config).is_some() {
+            Finish::Stop
+        } else if g.tokens.len() >= self.config.max_new_tokens {
+            Finish::Length
+        } else {
+            return Some(token);
+        };
+        self.finish(i);
+        None
+    }
+
+    /// Writes completion `i`'s text and hands it to `done`.
+    fn finish(&mut self, i: usize) {
+        let g = &mut self.out[i];
+        let text = self.tokenizer.decode(&g.tokens);
+        g.text = match stop_at(&text, self.config) {
+            Some(cut) if g.finish == Finish::Stop => text[..cut].to_string(),
+            _ => text,
+        };
+        (self.done)(i, g);
+    }
+}
+
+/// Completion `i`'s random stream under `seed`: ChaCha keyed by both, so no two (seed, i)
+/// pairs share one.
+fn stream(seed: u64, i: usize) -> StdRng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    StdRng::from_seed(key)
 }
 
 /// The bf16 decode copies `config` asks for, where the model and CPU can use them.
@@ -148,86 +268,6 @@ fn decode_weights(
         true => DecodeWeights::of_model(model)?.map(Arc::new),
         false => None,
     })
-}
-
-/// [`generate`] with the decode copies already taken.
-fn generate_using(
-    model: &Model,
-    weights: Option<Arc<DecodeWeights>>,
-    tokenizer: &dyn Vocabulary,
-    prompts: &[Vec<u32>],
-    config: &GenerateConfig,
-    sampled: &mut dyn FnMut(usize),
-) -> Result<Vec<Generation>, ModelError> {
-    let device = model.device().clone();
-    let sampling = Sampling {
-        temperature: config.temperature,
-        top_p: config.top_p,
-    };
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let b = prompts.len();
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if b == 0 || width == 0 || config.max_new_tokens == 0 {
-        return Ok(prompts.iter().map(|_| empty()).collect());
-    }
-    let padded = prompts.iter().any(|p| p.len() < width);
-    let pad = tokenizer.pad_id();
-    let mut mask: Vec<Vec<u32>> = prompts.iter().map(|p| key_row(p.len(), width)).collect();
-    let mut cache = KvCache::with_weights(weights).reserving(width + config.max_new_tokens);
-    let mut logits = prefill(model, prompts, pad, width, &mut cache)?;
-    let mut out: Vec<Generation> = prompts.iter().map(|_| empty()).collect();
-    // The prompt row of each batch position; rows leave the batch when they finish.
-    let mut live: Vec<usize> = (0..b).collect();
-    for step in 0..config.max_new_tokens {
-        let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        sampled(logits_rows.len());
-        let mut next = Vec::with_capacity(live.len());
-        let mut keep = Vec::with_capacity(live.len());
-        for (pos, row) in logits_rows.iter().enumerate() {
-            let (token, logprob) = sample::choose(row, sampling, &mut rng);
-            let g = &mut out[live[pos]];
-            g.tokens.push(token);
-            g.logprobs.push(logprob);
-            if tokenizer.eos_ids().contains(&token) {
-                g.finish = Finish::Eos;
-                continue;
-            }
-            if stop_at(&tokenizer.decode(&g.tokens), config).is_some() {
-                g.finish = Finish::Stop;
-                continue;
-            }
-            keep.push(pos);
-            next.push(token);
-        }
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() < live.len() {
-            let rows: Vec<u32> = keep.iter().map(|&p| p as u32).collect();
-            cache.keep_rows(&Tensor::new(rows.as_slice(), &device)?)?;
-            live = keep.iter().map(|&p| live[p]).collect();
-            mask = keep.iter().map(|&p| std::mem::take(&mut mask[p])).collect();
-        }
-        // The next column holds a real token for every live row.
-        for m in &mut mask {
-            m.push(1);
-        }
-        if step + 1 == config.max_new_tokens {
-            break;
-        }
-        let key_mask = mask_tensor(&mask, padded, &device)?;
-        let input = Tensor::from_vec(next, (live.len(), 1), &device)?;
-        let hidden = model.forward(&input, key_mask.as_ref(), Some(&mut cache), false)?;
-        logits = model.next_token_logits(&hidden, &cache)?;
-    }
-    for g in &mut out {
-        let text = tokenizer.decode(&g.tokens);
-        g.text = match stop_at(&text, config) {
-            Some(cut) if g.finish == Finish::Stop => text[..cut].to_string(),
-            _ => text,
-        };
-    }
-    Ok(out)
 }
 
 /// Where `text` ends: the start of the first stop string (after `stop_after`, when set).
@@ -245,44 +285,46 @@ fn stop_at(text: &str, config: &GenerateConfig) -> Option<usize> {
     Some(from + cut)
 }
 
-/// Runs the prompts through the model into `cache` and returns each row's next-token logits
-/// (b, vocab). Identical prompts (the n samples of one solver prompt) are computed once and
-/// their cache rows copied, so n samples cost one prompt's prefill.
+/// Runs prompts `which` through the model into `cache` (empty), left-padded to the longest,
+/// and returns the cache and each row's next-token logits (rows, vocab). Identical prompts
+/// (the n samples of one solver prompt) are computed once and their cache rows copied, so n
+/// samples cost one prompt's prefill.
 fn prefill(
     model: &Model,
     prompts: &[Vec<u32>],
+    which: &[usize],
     pad: u32,
-    width: usize,
-    cache: &mut KvCache,
-) -> Result<Tensor, ModelError> {
+    cache: KvCache,
+) -> Result<(KvCache, Tensor), ModelError> {
     let device = model.device();
     let mut distinct: Vec<&[u32]> = Vec::new();
-    let mut first: HashMap<&[u32], u32> = HashMap::new();
-    let source: Vec<u32> = prompts
+    let mut first: HashMap<&[u32], usize> = HashMap::new();
+    let source: Vec<usize> = which
         .iter()
-        .map(|p| {
-            *first.entry(p.as_slice()).or_insert_with(|| {
+        .map(|&i| {
+            let p = prompts[i].as_slice();
+            *first.entry(p).or_insert_with(|| {
                 distinct.push(p);
-                distinct.len() as u32 - 1
+                distinct.len() - 1
             })
         })
         .collect();
+    let width = distinct.iter().map(|p| p.len()).max().unwrap_or(0);
     let ids: Vec<u32> = distinct
         .iter()
         .flat_map(|p| std::iter::repeat_n(pad, width - p.len()).chain(p.iter().copied()))
         .collect();
-    let mask: Vec<Vec<u32>> = distinct.iter().map(|p| key_row(p.len(), width)).collect();
-    let padded = distinct.iter().any(|p| p.len() < width);
-    let key_mask = mask_tensor(&mask, padded, device)?;
+    let mut cache = cache.starting_at(distinct.iter().map(|p| width - p.len()).collect());
     let input = Tensor::from_vec(ids, (distinct.len(), width), device)?;
-    let hidden = model.forward(&input, key_mask.as_ref(), Some(cache), false)?;
-    let logits = model.next_token_logits(&hidden, cache)?;
-    if distinct.len() == prompts.len() {
-        return Ok(logits);
+    let hidden = model.forward(&input, None, Some(&mut cache), false)?;
+    let logits = model.next_token_logits(&hidden, &cache)?;
+    if distinct.len() == which.len() {
+        return Ok((cache, logits));
     }
-    let rows = Tensor::new(source.as_slice(), device)?;
-    cache.keep_rows(&rows)?;
-    Ok(logits.index_select(&rows, 0)?)
+    cache.keep_rows(&source)?;
+    let rows: Vec<u32> = source.iter().map(|&r| r as u32).collect();
+    let logits = logits.index_select(&Tensor::new(rows.as_slice(), device)?, 0)?;
+    Ok((cache, logits))
 }
 
 fn empty() -> Generation {
@@ -292,24 +334,6 @@ fn empty() -> Generation {
         logprobs: Vec::new(),
         finish: Finish::Length,
     }
-}
-
-/// A left-padded row's key mask: 0 for the padding, 1 for its `len` tokens.
-fn key_row(len: usize, width: usize) -> Vec<u32> {
-    [vec![0; width - len], vec![1; len]].concat()
-}
-
-/// The key mask of every row, or None when nothing is padded.
-fn mask_tensor(
-    mask: &[Vec<u32>],
-    padded: bool,
-    device: &Device,
-) -> candle_core::Result<Option<Tensor>> {
-    if !padded {
-        return Ok(None);
-    }
-    let cols = mask[0].len();
-    Tensor::from_vec(mask.concat(), (mask.len(), cols), device).map(Some)
 }
 
 #[cfg(test)]

@@ -129,6 +129,104 @@ fn rows_that_finish_early_leave_the_others_unchanged() {
     }
 }
 
+/// With more prompts than rows, a finished row's place goes to the next waiting prompt (its
+/// prompt pass spliced into the running cache, longer or shorter than what is cached): every
+/// completion must come out as it does alone, the batch must stay full while prompts wait,
+/// and `done` must see each completion once, as returned.
+#[test]
+fn waiting_prompts_take_finished_rows_and_decode_as_they_would_alone() {
+    let model = model();
+    let config = GenerateConfig {
+        stop: vec!["ec".into(), "fafa".into(), "gfg".into()],
+        ..greedy(12)
+    };
+    // Short rows first, then the longest prompts: some splices need room in front.
+    let mut prompts: Vec<Vec<u32>> = prompts().into_iter().chain(prompts()).collect();
+    prompts.sort_by_key(Vec::len);
+    let mut seen = vec![0; prompts.len()];
+    let mut widths = Vec::new();
+    let batch = 3;
+    let out = generate_batches(
+        &model,
+        &Letters,
+        &prompts,
+        &config,
+        batch,
+        |i, g| {
+            seen[i] += 1;
+            assert_eq!(g.tokens.len(), g.logprobs.len());
+        },
+        |n| widths.push(n),
+    )
+    .unwrap();
+    assert_eq!(seen, vec![1; prompts.len()]);
+    for (prompt, together) in prompts.iter().zip(&out) {
+        let alone = generate(&model, &Letters, std::slice::from_ref(prompt), &config)
+            .unwrap()
+            .remove(0);
+        assert_eq!(alone.tokens, together.tokens, "prompt {prompt:?}");
+        assert_eq!(
+            (&alone.text, alone.finish),
+            (&together.text, together.finish)
+        );
+        for (a, b) in alone.logprobs.iter().zip(&together.logprobs) {
+            assert!((a - b).abs() < 1e-4, "prompt {prompt:?}: {a} vs {b}");
+        }
+    }
+    // Decode steps sample every live row; refills sample only the new ones. Until the last
+    // prompt has started, no decode step ran with fewer than `batch` rows.
+    let decode_steps = out.iter().map(|g| g.tokens.len()).sum::<usize>();
+    assert_eq!(widths.iter().sum::<usize>(), decode_steps);
+    assert!(widths.iter().all(|&n| n <= batch), "{widths:?}");
+    let steps_one_batch_at_a_time: usize = out
+        .chunks(batch)
+        .map(|c| c.iter().map(|g| g.tokens.len()).max().unwrap_or(0))
+        .sum();
+    assert!(
+        widths.len() < steps_one_batch_at_a_time,
+        "{} sampling calls, batches one at a time need {steps_one_batch_at_a_time}",
+        widths.len()
+    );
+}
+
+/// Each completion samples from its own stream: the same seed writes the same completions
+/// whether they decode alone, three at a time or all together.
+#[test]
+fn sampled_completions_do_not_depend_on_the_batch() {
+    let model = model();
+    let config = GenerateConfig {
+        temperature: 1.0,
+        seed: 5,
+        ..greedy(12)
+    };
+    let prompts = prompts();
+    let run = |batch| {
+        generate_batches(
+            &model,
+            &Letters,
+            &prompts,
+            &config,
+            batch,
+            |_, _| {},
+            |_| {},
+        )
+        .unwrap()
+    };
+    let together = run(prompts.len());
+    for batch in [1, 3] {
+        let tokens = |out: &[Generation]| out.iter().map(|g| g.tokens.clone()).collect::<Vec<_>>();
+        assert_eq!(tokens(&run(batch)), tokens(&together), "batch {batch}");
+    }
+    let reseeded = generate(
+        &model,
+        &Letters,
+        &prompts,
+        &GenerateConfig { seed: 6, ..config },
+    )
+    .unwrap();
+    assert_ne!(reseeded, together, "another seed, the same samples");
+}
+
 /// Sampled log-probs of every row equal the teacher-forced ones of a full forward pass (f32),
 /// to f32's tolerance, or to bf16's when the decode steps multiply bf16 weights.
 fn assert_sampled_log_probs_match_a_full_forward_pass(prompts: &[Vec<u32>], bf16_decode: bool) {

@@ -5,8 +5,8 @@
 //! One forward serves both paths: with a gradient it composes differentiable ops (training;
 //! given [`WeightGrads`], the matrices' gradients are summed into them in place), without one
 //! it uses candle's fused kernels and may extend a KV cache (generation).
-//! Positions are absolute column indices, padding included: RoPE attention depends only on
-//! relative positions, so left padding shifts nothing but the (masked) pad columns.
+//! Positions count from a row's first real column: a cached row that starts later (left
+//! padding, or a prompt spliced into a running batch) gets the positions it would have alone.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -408,7 +408,8 @@ impl Model {
     /// Hidden states after the final norm: ids (b, t) -> (b, t, hidden).
     ///
     /// `key_mask` (b, cached + t), 1 for real tokens and 0 for padding, or None when nothing is
-    /// padded. With a cache, the new tokens attend to the cached ones and are appended.
+    /// padded or the cache's row starts say where each row begins. With a cache, the new tokens
+    /// attend to the cached ones and are appended.
     pub fn forward(
         &self,
         ids: &Tensor,
@@ -418,10 +419,37 @@ impl Model {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
+        let starts = cache.as_ref().and_then(|c| c.starts());
+        if starts.is_some() && key_mask.is_some() {
+            candle_core::bail!("forward: a cache's row starts give its padding, not a key mask");
+        }
+        let (cos, sin, key_mask) = match starts {
+            None => (
+                self.cos.narrow(0, offset, t)?,
+                self.sin.narrow(0, offset, t)?,
+                key_mask.cloned(),
+            ),
+            Some(starts) => {
+                // Padding columns take position 0: they are masked as keys, and their own
+                // outputs are never read.
+                let positions: Vec<u32> = starts
+                    .iter()
+                    .flat_map(|&s| (offset..offset + t).map(move |c| c.saturating_sub(s) as u32))
+                    .collect();
+                let positions = Tensor::new(positions.as_slice(), &self.device)?;
+                let at = |table: &Tensor| table.index_select(&positions, 0)?.reshape((b, t, ()));
+                let keys: Vec<u32> = starts
+                    .iter()
+                    .flat_map(|&s| (0..offset + t).map(move |c| (c >= s) as u32))
+                    .collect();
+                let keys = Tensor::from_vec(keys, (b, offset + t), &self.device)?;
+                (at(&self.cos)?, at(&self.sin)?, Some(keys))
+            }
+        };
         let pass = Pass {
-            cos: self.cos.narrow(0, offset, t)?,
-            sin: self.sin.narrow(0, offset, t)?,
-            mask: self.attention_mask(b, t, offset, key_mask)?,
+            cos,
+            sin,
+            mask: self.attention_mask(b, t, offset, key_mask.as_ref())?,
             grad: if grad { Grad::Graph } else { Grad::Off },
             // Only decode steps (one new token a row) take the bf16 copies: a prompt's cache
             // is then computed in f32 whether its prefill had few rows (the decode kernel) or

@@ -29,7 +29,7 @@ impl Policy {
         self.tokenizer.encode(&text)
     }
 
-    /// Completions for `prompts`, `batch` at a time; batch k samples with seed `seed + k`.
+    /// Completions for `prompts`, up to `batch` rows decoding at once.
     pub fn sample(
         &self,
         prompts: &[Vec<u32>],
@@ -39,15 +39,15 @@ impl Policy {
         self.sample_with(prompts, config, batch, |_, _| {}, |_| {})
     }
 
-    /// [`Policy::sample`], calling `done(start, batch)` as each batch finishes (its first
-    /// prompt's index, its completions), so a caller can start checking them while the next
-    /// batch generates, and `sampled(n)` after every sampling step (n tokens).
+    /// [`Policy::sample`], calling `done(i, g)` as each completion finishes (prompt `i`), so a
+    /// caller can start checking it while the rest generate, and `sampled(n)` after every
+    /// sampling step (n tokens).
     pub fn sample_with(
         &self,
         prompts: &[Vec<u32>],
         config: &GenerateConfig,
         batch: usize,
-        done: impl FnMut(usize, &[Generation]),
+        done: impl FnMut(usize, &Generation),
         sampled: impl FnMut(usize),
     ) -> Result<Vec<Generation>, ModelError> {
         generate::generate_batches(

@@ -230,29 +230,26 @@ impl Proposer<'_> {
         let t = Instant::now();
         let prompt_tokens: Vec<Vec<u32>> = proposals.iter().map(|p| p.prompt.clone()).collect();
         let shared = Arc::new(self.config.clone());
-        let mut checks = Vec::with_capacity(proposals.len());
+        let mut checks: Vec<_> = proposals.iter().map(|_| None).collect();
         self.progress.start(Phase::Proposing, proposals.len());
         let completions = self.policy.sample_with(
             &prompt_tokens,
             sampling,
             self.config.selfplay.generate_batch,
-            |start, batch| {
-                self.progress.finished(batch.len());
-                for (p, g) in proposals[start..].iter().zip(batch) {
-                    let (sandbox, config, p) = (self.sandbox.clone(), shared.clone(), p.clone());
-                    let text = with_stop(g);
-                    let framed = self.framed;
-                    checks.push(tokio::spawn(async move {
-                        validate_one(&sandbox, &config, &p, &text, framed).await
-                    }));
-                }
+            |i, g| {
+                self.progress.finished(1);
+                let (sandbox, config) = (self.sandbox.clone(), shared.clone());
+                let (p, text, framed) = (proposals[i].clone(), with_stop(g), self.framed);
+                checks[i] = Some(tokio::spawn(async move {
+                    validate_one(&sandbox, &config, &p, &text, framed).await
+                }));
             },
             |live| self.progress.sampled(live),
         )?;
         let generate_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
         self.progress.start(Phase::Validating, checks.len());
-        let validated = joined(checks, self.progress).await?;
+        let validated = joined(every(checks)?, self.progress).await?;
         Ok(Proposed {
             proposals,
             completions,
@@ -340,6 +337,14 @@ pub(crate) fn sampling_config(config: &Config, max_new_tokens: usize, seed: u64)
 }
 
 /// The results of spawned checks, in order.
+/// The checks started as completions finished, in prompt order; each completion starts one.
+fn every<T>(started: Vec<Option<T>>) -> Result<Vec<T>, SelfplayError> {
+    started
+        .into_iter()
+        .collect::<Option<Vec<T>>>()
+        .ok_or_else(|| SelfplayError::Check("a completion finished without its check".into()))
+}
+
 async fn joined<T>(
     tasks: Vec<tokio::task::JoinHandle<T>>,
     progress: &Progress,
@@ -416,22 +421,24 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     }
     // A task's answers are judged as soon as its last sample is generated.
     let t = Instant::now();
-    let mut texts: Vec<String> = Vec::with_capacity(solve_prompts.len());
-    let mut judging = Vec::with_capacity(tasks.len());
+    let mut texts: Vec<String> = vec![String::new(); solve_prompts.len()];
+    let mut left = vec![c.samples; tasks.len()];
+    let mut judging: Vec<_> = tasks.iter().map(|_| None).collect();
     let progress = s.progress;
     progress.start(Phase::Solving, solve_prompts.len());
     let answers = s.policy.sample_with(
         &solve_prompts,
         &sampling(s, c.solve_tokens, 2),
         c.generate_batch,
-        |_, batch| {
-            progress.finished(batch.len());
-            texts.extend(batch.iter().map(with_stop));
-            while (judging.len() + 1) * c.samples <= texts.len() {
-                let k = judging.len();
+        |i, g| {
+            progress.finished(1);
+            texts[i] = with_stop(g);
+            let k = i / c.samples;
+            left[k] -= 1;
+            if left[k] == 0 {
                 let answers = texts[k * c.samples..(k + 1) * c.samples].to_vec();
                 let (sandbox, task) = (sandbox.clone(), tasks[k].task.clone());
-                judging.push(tokio::spawn(async move {
+                judging[k] = Some(tokio::spawn(async move {
                     reward::judge(&sandbox, &task, &answers).await
                 }));
             }
@@ -441,7 +448,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     m.generate_seconds += t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress.start(Phase::Judging, judging.len());
-    let judged = joined(judging, progress).await?;
+    let judged = joined(every(judging)?, progress).await?;
     m.sandbox_seconds += t.elapsed().as_secs_f64();
 
     // 4. Reward both roles.
