@@ -1,4 +1,6 @@
-//! The decode product on Intel AMX: `yt (n, m) = w (n, k) · x (m, k)ᵀ` with bf16 tiles.
+//! The generation product on Intel AMX: `y (m, n) = x (m, k) · w (n, k)ᵀ` with bf16 tiles,
+//! for decode steps and, as a row's bits do not depend on how many rows come with it, for
+//! prompt passes too.
 //!
 //! One `tdpbf16ps` multiplies a 16 x 32 tile of weights by 32 x 16 of `x` (512 bf16 pair
 //! products into 256 f32 sums), sixteen times the work of a `vdpbf16ps`, so even 64 rows of a
@@ -6,7 +8,8 @@
 //! straight from the HF layout (16 rows of `w`, 32 k-values each); `x` is packed once per call
 //! into the pair-interleaved layout the B tile wants, 16 rows per column group, zeros after
 //! the last row. Every output element is one sequential sum over k pairs whatever the other
-//! rows are, so a row's bits still do not depend on its batch.
+//! rows are, so a row's bits still do not depend on its batch. Past 64 rows the column groups
+//! go four at a time, each weight block read from memory once and from L2 after.
 //!
 //! Linux hands the tile registers to a process only on request (`arch_prctl`), made once in
 //! [`supported`]. Stable Rust has no AMX intrinsics; the five instructions are inline asm.
@@ -15,14 +18,16 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::Out;
+
 /// Rows of `w` and columns of `x` per tile.
 pub(super) const TILE: usize = 16;
 /// k-values per tile: 16 rows of 64 bytes of bf16.
 pub(super) const KB: usize = 32;
-/// Column groups of `x` a call takes (tile registers 0..4 hold their sums).
+/// Column groups of `x` multiplied at a time (tile registers 0..4 hold their sums).
 const GROUPS: usize = 4;
-/// Most rows of `x` one call takes.
-pub const MAX_ROWS: usize = TILE * GROUPS;
+/// Rows of `x` packed and multiplied together.
+const PIECE: usize = 128;
 
 /// Whether this CPU has AMX-BF16 and this process may use the tile registers.
 pub fn supported() -> bool {
@@ -47,25 +52,61 @@ pub fn supported() -> bool {
 }
 
 /// Whether a product of these sizes runs on tiles: whole k blocks and whole 16-row w blocks
-/// (every decoder here has them), at most [`MAX_ROWS`] rows of `x`. The choice depends on the
+/// (every decoder here has them), any number of rows of `x`. The choice depends on the
 /// weight's shape, never on the batch.
 pub fn fits(m: usize, n: usize, k: usize) -> bool {
-    (1..=MAX_ROWS).contains(&m) && n.is_multiple_of(TILE) && k.is_multiple_of(KB) && k > 0
+    m > 0 && n.is_multiple_of(TILE) && k.is_multiple_of(KB) && k > 0
 }
 
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)`, both bf16. Callers check [`supported`] and [`fits`].
 pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
     assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
-    let packed = pack(x, m, k);
-    let groups = m.div_ceil(TILE);
-    let mut yt = vec![0f32; n * m];
+    let mut y = vec![0f32; m * n];
     let rows = (n / TILE).div_ceil(rayon::current_num_threads() * 4) * TILE;
-    yt.par_chunks_mut(rows * m)
-        .zip(w.par_chunks(rows * k))
-        // SAFETY: `supported` checked the CPU and got the OS's leave; the slices hold whole
-        // 16-row blocks of w and their rows of yt, and `packed` holds `groups` column groups.
-        .for_each(|(yt, w)| unsafe { tiles::block(&packed, groups, m, w, yt, k) });
-    super::matvec::transposed(&yt, m, n)
+    // A prompt pass's rows go in pieces whose packed tiles stay in L2 (the weights are
+    // streamed once a piece): with all of a long prompt's rows at once, every weight block
+    // re-read megabytes of x from memory.
+    for (x, y) in x.chunks(PIECE * k).zip(y.chunks_mut(PIECE * n)) {
+        let m = x.len() / k;
+        let (packed, groups) = (pack(x, m, k), m.div_ceil(TILE));
+        let out = Out(y.as_mut_ptr());
+        w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
+            let y = Output {
+                y: out.get(),
+                n,
+                first: t * rows,
+            };
+            // SAFETY: `supported` checked the CPU and got the OS's leave; `w` holds whole
+            // 16-row blocks, whose columns of y (from `first`) only this task writes, and
+            // `packed` holds `groups` column groups.
+            unsafe { tiles::block(&packed, groups, m, w, y, k) }
+        });
+    }
+    y
+}
+
+/// Where a task's sums go: columns `first..` of y (m, n), one per row of its part of `w`.
+struct Output {
+    y: *mut f32,
+    n: usize,
+    first: usize,
+}
+
+impl Output {
+    /// Writes the tile `sums` (16 rows of w by 16 rows of x, x rows `group * 16..` of which
+    /// `cols` are real) for w rows `row..row + 16` of this task: each x row's 16 sums are
+    /// one contiguous run of y.
+    ///
+    /// # Safety
+    /// The rows and columns must lie in y and belong to this task.
+    unsafe fn put(&self, sums: &[f32; TILE * TILE], row: usize, group: usize, cols: usize) {
+        for c in 0..cols {
+            let dst = self.y.add((group * TILE + c) * self.n + self.first + row);
+            for r in 0..TILE {
+                *dst.add(r) = sums[r * TILE + c];
+            }
+        }
+    }
 }
 
 /// `x` as B tiles: for column group g and k block b, 16 rows (k pairs) of 16 columns (rows of
@@ -103,70 +144,71 @@ impl TileConfig {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
-    use super::{TileConfig, GROUPS, KB, TILE};
+    use super::{Output, TileConfig, GROUPS, KB, TILE};
     use std::arch::asm;
 
-    /// yt (rows, m) for `rows` = a multiple of 16 rows of `w`: each 16-row weight block is
-    /// streamed once, k block by k block, against every column group of x.
+    /// The sums of `w`'s rows (a multiple of 16) with every row of x, into `y`: each 16-row
+    /// weight block is streamed once, k block by k block, against every column group of x.
     pub unsafe fn block(
         packed: &[u32],
         groups: usize,
         m: usize,
         w: &[half::bf16],
-        yt: &mut [f32],
+        y: Output,
         k: usize,
     ) {
-        debug_assert!(groups <= GROUPS);
         // Registers 0-3 the sums of the column groups, 4 a weight tile, 5 an x tile.
         let cfg = TileConfig::new(6);
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let blocks = k / KB;
         let w_stride = k * 2;
         let mut sums = [0f32; TILE * TILE];
-        for (jb, yt) in yt.chunks_exact_mut(TILE * m).enumerate() {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+        for jb in 0..w.len() / (TILE * k) {
             let wp = w.as_ptr().add(jb * TILE * k);
-            for b in 0..blocks {
-                asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) wp.add(b * KB),
-                    s = in(reg) w_stride, options(nostack, readonly));
-                for g in 0..groups {
-                    let xp = packed.as_ptr().add((g * blocks + b) * TILE * TILE);
-                    asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) xp, s = in(reg) 64usize,
-                        options(nostack, readonly));
+            // Four column groups at a time (one sum register each); the weight block, read
+            // from memory for the first four, comes from L2 for the rest.
+            for set in (0..groups).step_by(GROUPS) {
+                let here = (groups - set).min(GROUPS);
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+                for b in 0..blocks {
+                    asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) wp.add(b * KB),
+                        s = in(reg) w_stride, options(nostack, readonly));
+                    for g in 0..here {
+                        let xp = packed.as_ptr().add(((set + g) * blocks + b) * TILE * TILE);
+                        asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) xp, s = in(reg) 64usize,
+                            options(nostack, readonly));
+                        match g {
+                            0 => asm!("tdpbf16ps tmm0, tmm4, tmm5", options(nostack, nomem)),
+                            1 => asm!("tdpbf16ps tmm1, tmm4, tmm5", options(nostack, nomem)),
+                            2 => asm!("tdpbf16ps tmm2, tmm4, tmm5", options(nostack, nomem)),
+                            _ => asm!("tdpbf16ps tmm3, tmm4, tmm5", options(nostack, nomem)),
+                        }
+                    }
+                }
+                for g in 0..here {
+                    let p = sums.as_mut_ptr();
                     match g {
-                        0 => asm!("tdpbf16ps tmm0, tmm4, tmm5", options(nostack, nomem)),
-                        1 => asm!("tdpbf16ps tmm1, tmm4, tmm5", options(nostack, nomem)),
-                        2 => asm!("tdpbf16ps tmm2, tmm4, tmm5", options(nostack, nomem)),
-                        _ => asm!("tdpbf16ps tmm3, tmm4, tmm5", options(nostack, nomem)),
+                        0 => {
+                            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                        }
+                        1 => {
+                            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                        }
+                        2 => {
+                            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                        }
+                        _ => {
+                            asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+                        }
                     }
-                }
-            }
-            for g in 0..groups {
-                let p = sums.as_mut_ptr();
-                match g {
-                    0 => {
-                        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                    }
-                    1 => {
-                        asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                    }
-                    2 => {
-                        asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                    }
-                    _ => {
-                        asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                    }
-                }
-                let cols = (m - g * TILE).min(TILE);
-                for (r, out) in yt.chunks_exact_mut(m).enumerate() {
-                    out[g * TILE..g * TILE + cols]
-                        .copy_from_slice(&sums[r * TILE..r * TILE + cols]);
+                    let group = set + g;
+                    y.put(&sums, jb * TILE, group, (m - group * TILE).min(TILE));
                 }
             }
         }
@@ -176,7 +218,14 @@ mod tiles {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod tiles {
-    pub unsafe fn block(_: &[u32], _: usize, _: usize, _: &[half::bf16], _: &mut [f32], _: usize) {
+    pub unsafe fn block(
+        _: &[u32],
+        _: usize,
+        _: usize,
+        _: &[half::bf16],
+        _: super::Output,
+        _: usize,
+    ) {
         unreachable!("AMX is detected on x86_64 Linux only")
     }
 }
@@ -213,7 +262,8 @@ mod tests {
         for (n, k) in [(16, 32), (48, 96), (160, 896)] {
             let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
             let wb = rounded(&w);
-            for m in 1..=MAX_ROWS {
+            // Past 64 rows the column groups take more than one pass over a weight block.
+            for m in (1..=70).chain([130]) {
                 let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
                 let xb = rounded(&x);
                 let want = xb.matmul(&wb.t().unwrap()).unwrap();
@@ -234,8 +284,8 @@ mod tests {
         let dev = Device::Cpu;
         for (n, k) in [(64, 128), (192, 576), (576, 1536)] {
             let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
-            let x = bf16(&Tensor::randn(0f32, 1., (MAX_ROWS, k), &dev).unwrap());
-            for m in [MAX_ROWS, 8, 3] {
+            let x = bf16(&Tensor::randn(0f32, 1., (100, k), &dev).unwrap());
+            for m in [100, 64, 8, 3] {
                 let all = product(&x[..m * k], m, &w, n, k);
                 for i in 0..m {
                     let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k);
@@ -247,8 +297,8 @@ mod tests {
 
     #[test]
     fn takes_only_whole_tiles() {
-        assert!(fits(1, 896, 4864) && fits(MAX_ROWS, 151_936, 896));
-        assert!(!fits(0, 16, 32) && !fits(MAX_ROWS + 1, 16, 32));
+        assert!(fits(1, 896, 4864) && fits(1000, 151_936, 896));
+        assert!(!fits(0, 16, 32));
         assert!(!fits(8, 20, 32) && !fits(8, 16, 48));
     }
 }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::amx::{supported, TileConfig, KB, TILE};
 use super::gemm::View;
 use super::matvec::round_bf16;
+use super::Out;
 
 /// Rows (and columns) of the output per register block.
 const BLOCK: usize = 2 * TILE;
@@ -26,20 +27,6 @@ const MIN_WORK: usize = 1 << 21;
 /// Whether a product of these sizes goes on tiles here.
 pub fn fits(m: usize, n: usize, k: usize) -> bool {
     m * n * k >= MIN_WORK && supported()
-}
-
-/// The output pointer, shared by tasks that write disjoint blocks.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes its own (row, column) blocks of the output, never another's.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer; a method, so closures capture the whole (Sync) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `dst = (read_dst ? dst : 0) + a · b` over the views (shapes checked by the caller).

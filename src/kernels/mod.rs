@@ -11,6 +11,20 @@ pub(crate) mod matvec;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
 
+/// An output pointer shared by parallel tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes its own elements of the output, never another's.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer; a method, so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

@@ -49,17 +49,20 @@ impl Linear {
     }
 }
 
-/// x (m, in) · w (out, in)ᵀ: the decode kernel for the few rows of a pass without grad (with
-/// the pass's bf16 copy of `w` if it has one), candle's matmul otherwise.
+/// x (m, in) · w (out, in)ᵀ without grad: the pass's bf16 copy of `w` where the decode kernel
+/// takes it (few rows, or any number on AMX tiles), else `w` itself in the decode kernel (few
+/// rows) or candle's matmul.
 fn product(
     x: &Tensor,
     w: &Tensor,
     grad: bool,
     decode: Option<&DecodeWeights>,
 ) -> candle_core::Result<Tensor> {
-    match !grad && matvec::usable(x, w) {
-        true => matvec::matmul_nt(x, decode.map_or(w, |d| d.of(w))),
-        false => x.matmul(&w.t()?),
+    let copy = decode.map(|d| d.of(w)).filter(|_| !grad);
+    match copy.filter(|c| matvec::usable(x, c)) {
+        Some(copy) => matvec::matmul_nt(x, copy),
+        None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w),
+        None => x.matmul(&w.t()?),
     }
 }
 
@@ -451,12 +454,13 @@ impl Model {
             sin,
             mask: self.attention_mask(b, t, offset, key_mask.as_ref())?,
             grad: if grad { Grad::Graph } else { Grad::Off },
-            // Only decode steps (one new token a row) take the bf16 copies: a prompt's cache
-            // is then computed in f32 whether its prefill had few rows (the decode kernel) or
-            // many (gemm), rather than in bf16 alone and in f32 in a batch.
+            // Decode steps (one new token a row) take the bf16 copies; prompt passes take them
+            // only on the AMX tiles, whose rows get the same bits in any batch. Elsewhere a
+            // prompt's cache is computed in f32 whether its pass had few rows (the decode
+            // kernel) or many (gemm), rather than in bf16 alone and in f32 in a batch.
             decode: cache
                 .as_ref()
-                .filter(|_| t == 1)
+                .filter(|_| t == 1 || matvec::prefill_on_tiles())
                 .and_then(|c| c.weights.clone()),
         };
         self.run(ids, &pass, cache)
