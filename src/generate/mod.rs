@@ -53,8 +53,9 @@ pub struct GenerateConfig {
     #[serde(default)]
     pub stop_after: Option<String>,
     /// Decode steps multiply bf16 copies of f32 weights, taken at the start of the call,
-    /// where the CPU has AVX-512 (ignored elsewhere): about 1.3x the tokens per second, with
-    /// log-probs within bf16 rounding of the f32 model's.
+    /// where the CPU has AVX-512 (ignored elsewhere; prompt passes too where it has AMX):
+    /// about 1.3x the tokens per second, with log-probs within bf16 rounding of the f32
+    /// model's.
     #[serde(default)]
     pub bf16_decode: bool,
 }

@@ -13,7 +13,8 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Most rows of `x` the kernel takes; larger products (prefill, training) go to gemm.
+/// Most rows of `x` the kernel takes, but for bf16 weights on AMX tiles; larger products
+/// (prefill elsewhere, training) go to gemm.
 pub const MAX_ROWS: usize = 64;
 
 /// Whether [`matmul_nt`] can compute `x · wᵀ` for these operands on this machine: up to
