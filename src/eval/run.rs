@@ -19,7 +19,8 @@ use crate::sandbox::{Limits, Outcome, ProgramRun, Sandbox};
 pub struct Generator<'a> {
     pub model: &'a Model,
     pub tokenizer: &'a TextTokenizer,
-    /// Sampling, token budget and stop strings; one seed drives the whole run.
+    /// Sampling, token budget and stop strings; each completion samples from its own stream
+    /// of the seed.
     pub config: GenerateConfig,
     /// Completions per problem.
     pub n: usize,

@@ -79,6 +79,9 @@ impl KvCache {
     /// Keeps only the batch rows at `rows`, in that order: finished sequences leave the batch,
     /// so later steps compute only the live ones.
     pub fn keep_rows(&mut self, rows: &[usize]) -> Result<()> {
+        if !self.starts.is_empty() {
+            self.starts = rows.iter().map(|&r| self.starts[r]).collect();
+        }
         let Some(first) = self.layers.iter().flatten().next() else {
             return Ok(());
         };
@@ -87,9 +90,6 @@ impl KvCache {
         for layer in self.layers.iter_mut().flatten() {
             layer.k = layer.k.index_select(&index, 0)?;
             layer.v = layer.v.index_select(&index, 0)?;
-        }
-        if !self.starts.is_empty() {
-            self.starts = rows.iter().map(|&r| self.starts[r]).collect();
         }
         Ok(())
     }
