@@ -180,7 +180,7 @@ pub fn generate_batches(
                 break;
             }
             let new: Vec<usize> = waiting.drain(..free.len()).collect();
-            let (fresh, fresh_logits) = prefill(model, prompts, &new, pad, KvCache::default())?;
+            let (fresh, fresh_logits) = prefill(model, prompts, &new, pad, cache.empty_like())?;
             let fresh_rows: Vec<Vec<f32>> = fresh_logits.to_vec2()?;
             sampled(new.len());
             cache.make_room(fresh.len())?;

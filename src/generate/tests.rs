@@ -135,11 +135,38 @@ fn rows_that_finish_early_leave_the_others_unchanged() {
 /// and `done` must see each completion once, as returned.
 #[test]
 fn waiting_prompts_take_finished_rows_and_decode_as_they_would_alone() {
-    let model = model();
     let config = GenerateConfig {
         stop: vec!["ec".into(), "fafa".into(), "gfg".into()],
         ..greedy(12)
     };
+    assert_refilled_rows_decode_as_alone(&model(), &config);
+}
+
+/// The same on the AMX tiles, where prompt passes multiply the bf16 copies too: a prompt that
+/// joins a running batch must be prefilled as one that starts it (a model whose matrices are
+/// whole tiles).
+#[test]
+fn waiting_prompts_on_the_tiles_decode_as_they_would_alone() {
+    let config = ModelConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        vocab_size: 16,
+        ..ModelConfig::tiny(Architecture::Qwen2, false)
+    };
+    let model = Model::random(config, 11, &Device::Cpu, DType::F32).unwrap();
+    if !(bf16_decode_runs(&model) && crate::kernels::matvec::prefill_on_tiles()) {
+        eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+        return;
+    }
+    let config = GenerateConfig {
+        bf16_decode: true,
+        stop: vec!["ec".into(), "fafa".into(), "gfg".into(), "jj".into()],
+        ..greedy(12)
+    };
+    assert_refilled_rows_decode_as_alone(&model, &config);
+}
+
+fn assert_refilled_rows_decode_as_alone(model: &Model, config: &GenerateConfig) {
     // Short rows first, then the longest prompts: some splices need room in front.
     let mut prompts: Vec<Vec<u32>> = prompts().into_iter().chain(prompts()).collect();
     prompts.sort_by_key(Vec::len);
@@ -147,10 +174,10 @@ fn waiting_prompts_take_finished_rows_and_decode_as_they_would_alone() {
     let mut widths = Vec::new();
     let batch = 3;
     let out = generate_batches(
-        &model,
+        model,
         &Letters,
         &prompts,
-        &config,
+        config,
         batch,
         |i, g| {
             seen[i] += 1;
@@ -161,7 +188,7 @@ fn waiting_prompts_take_finished_rows_and_decode_as_they_would_alone() {
     .unwrap();
     assert_eq!(seen, vec![1; prompts.len()]);
     for (prompt, together) in prompts.iter().zip(&out) {
-        let alone = generate(&model, &Letters, std::slice::from_ref(prompt), &config)
+        let alone = generate(model, &Letters, std::slice::from_ref(prompt), config)
             .unwrap()
             .remove(0);
         assert_eq!(alone.tokens, together.tokens, "prompt {prompt:?}");

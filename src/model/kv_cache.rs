@@ -48,6 +48,12 @@ impl KvCache {
         }
     }
 
+    /// An empty cache multiplying the same decode weights, for a prompt pass to splice in: a
+    /// prompt gets the same bits whether it starts a batch or joins one.
+    pub fn empty_like(&self) -> Self {
+        Self::with_weights(self.weights.clone())
+    }
+
     /// Room for `positions` in all, prompt included, so that decoding up to there never
     /// reallocates (past it, the buffers double).
     pub fn reserving(mut self, positions: usize) -> Self {
