@@ -142,6 +142,21 @@ impl TileConfig {
     }
 }
 
+/// Zeroes tile registers 0-3, where both tile kernels keep their sums.
+///
+/// # Safety
+/// A tile configuration with those registers must be loaded.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(super) unsafe fn zero_sums() {
+    std::arch::asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
     use super::{Output, TileConfig, GROUPS, KB, TILE};
@@ -169,13 +184,7 @@ mod tiles {
             // from memory for the first four, comes from L2 for the rest.
             for set in (0..groups).step_by(GROUPS) {
                 let here = (groups - set).min(GROUPS);
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                super::zero_sums();
                 for b in 0..blocks {
                     asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) wp.add(b * KB),
                         s = in(reg) w_stride, options(nostack, readonly));

@@ -223,13 +223,7 @@ mod tiles {
         let (a_tile, b_tile) = (TILE * KB, TILE * TILE);
         for j in cols {
             for i in rows.clone() {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                super::super::amx::zero_sums();
                 let a0 = a.as_ptr().add(2 * i * kb * a_tile);
                 let a1 = a0.add(kb * a_tile);
                 let b0 = b.as_ptr().add(2 * j * kb * b_tile);

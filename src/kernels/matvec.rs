@@ -36,7 +36,7 @@ fn takes_rows(m: usize, dtype: DType, n: usize, k: usize) -> bool {
 
 /// Whether a bf16 product of these sizes runs on the AMX tiles here.
 fn on_tiles(m: usize, n: usize, k: usize) -> bool {
-    bf16_dot_supported() && super::amx::supported() && super::amx::fits(m, n, k)
+    prefill_on_tiles() && super::amx::fits(m, n, k)
 }
 
 /// Whether prompt passes (any number of rows) can multiply the bf16 decode copies here with

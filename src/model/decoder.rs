@@ -439,14 +439,14 @@ impl Model {
                     .iter()
                     .flat_map(|&s| (offset..offset + t).map(move |c| c.saturating_sub(s) as u32))
                     .collect();
-                let positions = Tensor::new(positions.as_slice(), &self.device)?;
-                let at = |table: &Tensor| table.index_select(&positions, 0)?.reshape((b, t, ()));
+                let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+                let (cos, sin) = self.rotary_at(&positions)?;
                 let keys: Vec<u32> = starts
                     .iter()
                     .flat_map(|&s| (0..offset + t).map(move |c| (c >= s) as u32))
                     .collect();
                 let keys = Tensor::from_vec(keys, (b, offset + t), &self.device)?;
-                (at(&self.cos)?, at(&self.sin)?, Some(keys))
+                (cos, sin, Some(keys))
             }
         };
         let pass = Pass {
@@ -478,20 +478,23 @@ impl Model {
         mask: &Tensor,
         grad: Grad,
     ) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let at = |table: &Tensor| -> candle_core::Result<Tensor> {
-            table
-                .index_select(&positions.flatten_all()?, 0)?
-                .reshape((b, t, ()))
-        };
+        let (cos, sin) = self.rotary_at(positions)?;
         let pass = Pass {
-            cos: at(&self.cos)?,
-            sin: at(&self.sin)?,
+            cos,
+            sin,
             mask: Some(mask.to_dtype(self.dtype)?),
             grad,
             decode: None,
         };
         self.run(ids, &pass, None)
+    }
+
+    /// cos and sin at `positions` (b, t) u32: each (b, t, head_dim / 2).
+    fn rotary_at(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let at = |table: &Tensor| table.index_select(&flat, 0)?.reshape((b, t, ()));
+        Ok((at(&self.cos)?, at(&self.sin)?))
     }
 
     fn run(
