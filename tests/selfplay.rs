@@ -131,6 +131,7 @@ fn two_steps_then_resume_to_the_third() {
         "peak_rss_mb",
         "groups",
         "trained_tokens",
+        "trained_positions",
     ] {
         assert!(
             lines[1]["update"].get(key).is_some(),

@@ -2,11 +2,13 @@
 //! CPU has them: `amx`), gemm-backed products that write or accumulate in place (`gemm`; the
 //! large f32 ones of training on AMX tiles in bf16 when asked: `amx_gemm`), the LM head's
 //! fused softmax statistics
-//! (`softmax`) and the MLP gate (`swiglu`). They know tensors and storage, not the decoder.
+//! (`softmax`), attention's masked softmax in place (`masked_softmax`) and the MLP gate
+//! (`swiglu`). They know tensors and storage, not the decoder.
 
 pub(crate) mod amx;
 pub(crate) mod amx_gemm;
 pub(crate) mod gemm;
+pub(crate) mod masked_softmax;
 pub(crate) mod matvec;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;

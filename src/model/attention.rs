@@ -38,6 +38,9 @@ pub fn attend(
 /// softmax(q kᵀ + mask) over the last dim: (b, kv_heads, rep * t, T).
 fn probabilities(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let scores = q.matmul(&k.t()?)?;
+    if crate::kernels::masked_softmax::in_place(&scores, mask)? {
+        return Ok(scores);
+    }
     let scores = match mask {
         Some(m) => {
             let (b, kv, rows, total) = scores.dims4()?;

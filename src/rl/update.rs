@@ -95,6 +95,9 @@ pub struct UpdateMetrics {
     /// Of those, the tokens that went through forward and backward: rollouts whose advantage
     /// is 0 add nothing to the gradient and are left out (unless a KL or entropy term is on).
     pub trained_tokens: usize,
+    /// Positions the forward/backward passes computed for them, prompts and padding included
+    /// (rows x widest row of each pass, over every epoch): what the update's time follows.
+    pub trained_positions: usize,
     /// Trained tokens per second of the update.
     pub tokens_per_sec: f64,
     /// Peak resident memory of the process so far, in MiB (Linux; 0 elsewhere).
@@ -295,6 +298,11 @@ pub fn update(
         }
     }
     let passes = passes(rollouts, &trained, config);
+    metrics.trained_positions = passes
+        .iter()
+        .map(|p| pass_size(&scored(rollouts, p)))
+        .sum::<usize>()
+        * config.epochs.max(1);
     for _ in 0..config.epochs.max(1) {
         let mut grads: Option<GradStore> = None;
         // Matrices' gradients summed in place over the passes, where the device allows it.

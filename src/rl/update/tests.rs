@@ -320,6 +320,9 @@ fn metrics_cover_groups_entropy_and_memory() {
     assert!(entropy > 0.0 && entropy <= (11f64).ln() + 1e-6, "{entropy}");
     assert!(m.peak_rss_mb > 1.0);
     assert_eq!((m.tokens, m.trained_tokens), (12, 12));
+    // Passes of micro_batch 4 (distinct prompts of 2 tokens, completions of 1-3): rollouts
+    // 0-3 as 4 rows of up to 5 positions, then 4-5 as 2 rows of up to 5.
+    assert_eq!(m.trained_positions, 4 * 5 + 2 * 5);
 }
 
 fn start() -> (Model, AdamW) {
