@@ -35,6 +35,17 @@ pub fn in_place(scores: &Tensor, mask: Option<&Tensor>) -> Result<bool> {
     Ok(true)
 }
 
+/// `scores + mask` with candle's ops, for the tensors [`in_place`] leaves alone: the mask
+/// broadcast over heads and over the query groups stacked in the rows.
+pub fn masked(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, heads, rows, total) = scores.dims4()?;
+    let t = mask.dim(2)?;
+    scores
+        .reshape((b, heads, rows / t, t, total))?
+        .broadcast_add(&mask.unsqueeze(2)?)?
+        .reshape((b, heads, rows, total))
+}
+
 struct MaskedSoftmax {
     mask: Option<Tensor>,
 }
@@ -97,21 +108,10 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    /// The composed ops attention used: broadcast add over the query groups, then candle's
-    /// softmax.
+    /// The composed ops attention falls back to: [`masked`], then candle's softmax.
     fn composed(scores: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let s = match mask {
-            Some(m) => {
-                let (b, h, rows, total) = scores.dims4().unwrap();
-                let t = m.dim(2).unwrap();
-                scores
-                    .reshape((b, h, rows / t, t, total))
-                    .unwrap()
-                    .broadcast_add(&m.unsqueeze(2).unwrap())
-                    .unwrap()
-                    .reshape((b, h, rows, total))
-                    .unwrap()
-            }
+            Some(m) => masked(scores, m).unwrap(),
             None => scores.clone(),
         };
         candle_nn::ops::softmax_last_dim(&s).unwrap()

@@ -42,14 +42,7 @@ fn probabilities(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor
         return Ok(scores);
     }
     let scores = match mask {
-        Some(m) => {
-            let (b, kv, rows, total) = scores.dims4()?;
-            let t = m.dim(2)?;
-            scores
-                .reshape((b, kv, rows / t, t, total))?
-                .broadcast_add(&m.unsqueeze(2)?)?
-                .reshape((b, kv, rows, total))?
-        }
+        Some(m) => crate::kernels::masked_softmax::masked(&scores, m)?,
         None => scores,
     };
     // In at least f32, as bf16 sums of thousands of probabilities would drift.
