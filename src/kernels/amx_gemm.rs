@@ -46,8 +46,14 @@ pub unsafe fn product(
     let (m, n, k) = (av.rows, bv.cols, av.cols);
     let kb = k.div_ceil(KB);
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
-    let packed_a = pack_a(a, av, 2 * row_blocks, kb);
-    let packed_b = pack_b(b, bv, 2 * col_blocks, kb);
+    // This thread's packing buffers when free (a product nested in another gets its own).
+    let (mut packed_a, mut packed_b) = SCRATCH.with(|s| {
+        s.try_borrow_mut()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default()
+    });
+    pack_a(a, av, 2 * row_blocks, kb, &mut packed_a);
+    pack_b(b, bv, 2 * col_blocks, kb, &mut packed_b);
     let across = col_blocks.div_ceil(CHUNK);
     let out = Out(dst);
     (0..row_blocks.div_ceil(CHUNK) * across)
@@ -68,6 +74,18 @@ pub unsafe fn product(
             // these blocks.
             unsafe { tiles::blocks(&packed_a, &packed_b, kb, rows, cols, emit) };
         });
+    SCRATCH.with(|s| {
+        if let Ok(mut slot) = s.try_borrow_mut() {
+            *slot = (packed_a, packed_b);
+        }
+    });
+}
+
+thread_local! {
+    /// Packed operands kept between products: a fresh buffer of this size comes from the
+    /// kernel page by page, zeroed on first touch, and in the update those faults (the LM
+    /// head alone packs into 272 MB per chunk of positions) cost more than the packing.
+    static SCRATCH: std::cell::RefCell<(Vec<half::bf16>, Vec<u32>)> = Default::default();
 }
 
 /// Writes (or adds) `sums` into row `row` of `dv` from column `col`.
@@ -102,9 +120,10 @@ fn column_of(x: &[f32], v: View, j: usize) -> Option<&[f32]> {
 
 /// `a (m, k)` as A tiles: row block r, k block q is 16 rows of 32 bf16 at (r kb + q) 512,
 /// zeros past the edges.
-fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize) -> Vec<half::bf16> {
+fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize, packed: &mut Vec<half::bf16>) {
     let tile = TILE * KB;
-    let mut packed = vec![half::bf16::ZERO; blocks * kb * tile];
+    packed.clear();
+    packed.resize(blocks * kb * tile, half::bf16::ZERO);
     packed
         .par_chunks_mut(kb * tile)
         .enumerate()
@@ -115,8 +134,21 @@ fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize) -> Vec<half::bf16> {
             }
             if !av.contiguous_rows() && av.t().contiguous_rows() {
                 // Columns contiguous (a transposed matrix): 16 rows of a column at a time.
-                let mut rounded = [half::bf16::ZERO; TILE];
                 let height = rows.len();
+                #[cfg(target_arch = "x86_64")]
+                if simd::supported() && simd::gathers(av) {
+                    for (q, tile) in tiles.chunks_exact_mut(TILE * KB).enumerate() {
+                        let count = KB.min(av.cols - q * KB);
+                        for (r, out) in tile.chunks_exact_mut(KB).take(height).enumerate() {
+                            let first = av.at(rows.start + r, q * KB);
+                            // SAFETY: AVX-512 BF16 was detected; the row's `count` k-values
+                            // lie in `a` (the view was checked against it by the caller).
+                            unsafe { simd::gather_row(&a[first..], av, count, out) };
+                        }
+                    }
+                    return;
+                }
+                let mut rounded = [half::bf16::ZERO; TILE];
                 for c in 0..av.cols {
                     let start = av.at(rows.start, c);
                     round_bf16(&a[start..start + height], &mut rounded[..height]);
@@ -141,14 +173,14 @@ fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize) -> Vec<half::bf16> {
                 }
             }
         });
-    packed
 }
 
 /// `b (k, n)` as B tiles: column block j, k block q is 16 rows (k pairs) of 16 columns at
 /// (j kb + q) 256, each a pair of bf16 k-values as one u32, zeros past the edges; k pair p
 /// of column c sits at p 16 + c of its column block.
-fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize) -> Vec<u32> {
-    let mut packed = vec![0u32; blocks * kb * TILE * TILE];
+fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize, packed: &mut Vec<u32>) {
+    packed.clear();
+    packed.resize(blocks * kb * TILE * TILE, 0);
     let pair =
         |lo: half::bf16, hi: half::bf16| u32::from(lo.to_bits()) | u32::from(hi.to_bits()) << 16;
     packed
@@ -162,6 +194,21 @@ fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize) -> Vec<u32> {
             if !bv.t().contiguous_rows() && bv.contiguous_rows() {
                 // Rows contiguous: two rows' 16 columns make a row of pairs.
                 let width = cols.len();
+                #[cfg(target_arch = "x86_64")]
+                if simd::supported() {
+                    for (p, out) in tiles
+                        .chunks_exact_mut(TILE)
+                        .take(bv.rows.div_ceil(2))
+                        .enumerate()
+                    {
+                        let lo = &b[bv.at(2 * p, cols.start)..][..width];
+                        let hi = (2 * p + 1 < bv.rows)
+                            .then(|| &b[bv.at(2 * p + 1, cols.start)..][..width]);
+                        // SAFETY: AVX-512 BF16 was detected; the slices hold `width` values.
+                        unsafe { simd::pair_rows(lo, hi, out) };
+                    }
+                    return;
+                }
                 let (mut lo, mut hi) = ([half::bf16::ZERO; TILE], [half::bf16::ZERO; TILE]);
                 for p in 0..bv.rows.div_ceil(2) {
                     let start = bv.at(2 * p, cols.start);
@@ -194,7 +241,76 @@ fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize) -> Vec<u32> {
                 }
             }
         });
-    packed
+}
+
+/// Packing 16 or 32 values per instruction: what a scalar loop over tile layouts cost was a
+/// fifth of the update (the LM head's 136 M weights are packed per chunk of positions).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::View;
+    use std::arch::x86_64::*;
+
+    pub fn supported() -> bool {
+        is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// Whether a 32-value gather along a row of `v` fits the instruction's i32 offsets.
+    pub fn gathers(v: View) -> bool {
+        v.at(0, 31).saturating_sub(v.at(0, 0)) < i32::MAX as usize / 4
+    }
+
+    fn mask(n: usize) -> __mmask16 {
+        (1u32 << n.min(16)).wrapping_sub(1) as __mmask16
+    }
+
+    /// One B-tile row: `lo[c]` and `hi[c]` rounded to bf16 as the pair `lo | hi << 16` for
+    /// each of up to 16 columns, zeros past them and for a missing `hi`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn pair_rows(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+        const INTERLEAVE: [u16; 32] = {
+            let mut idx = [0u16; 32];
+            let mut c = 0;
+            while c < 16 {
+                idx[2 * c] = c as u16;
+                idx[2 * c + 1] = 16 + c as u16;
+                c += 1;
+            }
+            idx
+        };
+        debug_assert!(lo.len() <= 16 && out.len() == 16);
+        let m = mask(lo.len());
+        let l = _mm512_maskz_loadu_ps(m, lo.as_ptr());
+        let h = hi.map_or(_mm512_setzero_ps(), |h| {
+            _mm512_maskz_loadu_ps(m, h.as_ptr())
+        });
+        // Low 16 bf16 from `l`, high 16 from `h`, rounded as `_mm512_cvtneps_pbh` rounds.
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h, l));
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi16(idx, both));
+    }
+
+    /// One A-tile row: `count` (<= 32) k-values of a row of `v` starting at `x[0]`, rounded
+    /// to bf16, zeros past them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn gather_row(x: &[f32], v: View, count: usize, out: &mut [half::bf16]) {
+        debug_assert!(count <= 32 && out.len() == 32);
+        let step = (v.at(0, 1) - v.at(0, 0)) as i32;
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(step),
+        );
+        let zero = _mm512_setzero_ps();
+        let lo = _mm512_mask_i32gather_ps::<4>(zero, mask(count), offsets, x.as_ptr());
+        let hi = match count > 16 {
+            true => {
+                let second = x[16 * step as usize..].as_ptr();
+                _mm512_mask_i32gather_ps::<4>(zero, mask(count - 16), offsets, second)
+            }
+            false => zero,
+        };
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), both);
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
