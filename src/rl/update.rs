@@ -52,8 +52,9 @@ pub struct UpdateConfig {
     /// Weight of the entropy bonus (0 = off, as in AZR); the loss subtracts coef x mean entropy.
     pub entropy_coef: f64,
     /// The large matrix products of an f32 update multiply bf16 roundings of their operands
-    /// with f32 sums (bf16 autocast), on AMX tiles where the CPU has them; elsewhere, and with
-    /// false (the default: the trainer stays exact f32), they stay f32.
+    /// with f32 sums (bf16 autocast, as AZR's bf16 training does), on AMX tiles where the CPU
+    /// has them (the default); elsewhere, and with false, they stay exact f32. The weights,
+    /// gradients' sums and optimiser state stay f32 either way.
     pub bf16_products: bool,
 }
 
@@ -67,7 +68,7 @@ impl Default for UpdateConfig {
             epochs: 1,
             temperature: 0.7,
             entropy_coef: 0.0,
-            bf16_products: false,
+            bf16_products: true,
         }
     }
 }
