@@ -82,9 +82,9 @@ pub unsafe fn product(
 }
 
 thread_local! {
-    /// Packed operands kept between products: a fresh buffer of this size comes from the
-    /// kernel page by page, zeroed on first touch, and in the update those faults (the LM
-    /// head alone packs into 272 MB per chunk of positions) cost more than the packing.
+    /// Packed operands kept between products: a fresh buffer of this size (the LM head packs
+    /// into 272 MB per chunk of positions) comes from the kernel page by page, each page
+    /// faulted and zeroed; a kept one is only zeroed by `resize`.
     static SCRATCH: std::cell::RefCell<(Vec<half::bf16>, Vec<u32>)> = Default::default();
 }
 
@@ -243,8 +243,9 @@ fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize, packed: &mut Vec<u32>) 
         });
 }
 
-/// Packing 16 or 32 values per instruction: what a scalar loop over tile layouts cost was a
-/// fifth of the update (the LM head's 136 M weights are packed per chunk of positions).
+/// Packing 16 or 32 values per instruction: packed a value at a time, the operands took as
+/// many of the update's samples as the tiles' products (the LM head's 136 M weights are
+/// packed per chunk of positions).
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::View;
