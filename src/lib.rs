@@ -13,6 +13,7 @@ pub mod durable;
 pub mod eval;
 pub mod generate;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod report;
 pub mod rl;

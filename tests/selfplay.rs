@@ -113,6 +113,8 @@ fn two_steps_then_resume_to_the_third() {
         "abduction",
         "induction",
         "update",
+        "rollout_peak_rss_mb",
+        "update_peak_rss_mb",
         // smoke.toml saves every step, and the metrics say what it cost.
         "checkpoint_seconds",
     ] {
@@ -138,6 +140,17 @@ fn two_steps_then_resume_to_the_third() {
             "update metrics lack {key}"
         );
     }
+    // The phases' peaks are each at most the process's, and the larger of them is it, up to
+    // what the save between steps added.
+    let (rollouts, updating, process) = (
+        lines[1]["rollout_peak_rss_mb"].as_f64().unwrap(),
+        lines[1]["update_peak_rss_mb"].as_f64().unwrap(),
+        lines[1]["update"]["peak_rss_mb"].as_f64().unwrap(),
+    );
+    assert!(
+        rollouts > 0.0 && updating > 0.0 && rollouts.max(updating) <= process + 1.0,
+        "phase peaks {rollouts} and {updating} MiB against the process's {process}"
+    );
 
     // Every proposal either became a task or left its reason in the buffer.
     let buffer = Buffer::open_existing(&run.join("buffer.sqlite")).unwrap();

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use candle_core::DType;
 
+use crate::memory::peak_rss_mb;
 use crate::model::logprobs::{completion_logprobs, Scored};
 use crate::model::{DeviceSpec, Model, ModelConfig};
 use crate::rl::optim::{AdamW, OptimConfig};
-use crate::rl::update::{passes, peak_rss_mb, update, Rollout, UpdateConfig};
+use crate::rl::update::{passes, update, Rollout, UpdateConfig};
 
 /// Options of the update benchmark.
 #[derive(Debug, Clone, clap::Args)]

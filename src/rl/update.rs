@@ -143,18 +143,6 @@ fn group_metrics(rewards: &[f32], adv: &[f32], groups: &[u64]) -> Vec<GroupMetri
         .collect()
 }
 
-/// Peak resident set size (VmHWM) in MiB, from /proc on Linux.
-pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn mean_std(xs: &[f32]) -> (f64, f64) {
     let n = xs.len().max(1) as f64;
     let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -387,7 +375,7 @@ pub fn update(
     metrics.approx_kl = stats.approx_kl / counted;
     metrics.entropy = (stats.tokens > 0).then(|| entropy_sum / counted);
     metrics.kl_to_reference = kl_sum / counted;
-    metrics.peak_rss_mb = peak_rss_mb();
+    metrics.peak_rss_mb = crate::memory::peak_rss_mb();
     metrics.tokens_per_sec =
         (metrics.trained_tokens * config.epochs.max(1)) as f64 / started.elapsed().as_secs_f64();
     Ok(metrics)

@@ -71,6 +71,10 @@ pub struct StepMetrics {
     pub abduction: TypeMetrics,
     pub induction: TypeMetrics,
     pub update: UpdateMetrics,
+    /// Peak resident memory (MiB) from the step's start to its update (generation, the
+    /// sandbox), and during the update (sampled: `memory.rs`): which one sets the process's.
+    pub rollout_peak_rss_mb: f64,
+    pub update_peak_rss_mb: f64,
     /// CRUXEval accuracy, on the steps that measure it (`run.validate_every`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
@@ -363,6 +367,7 @@ async fn joined<T>(
 /// Runs the step.
 pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     let started = Instant::now();
+    crate::memory::start_phase();
     let (sandbox, config) = (s.sandbox, s.config);
     let c = s.config.selfplay.clone();
     let rewards = s.config.reward;
@@ -522,6 +527,8 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     }
 
     // 5. Advantages and the policy update.
+    m.rollout_peak_rss_mb = crate::memory::phase_peak_mb();
+    crate::memory::start_phase();
     let t = Instant::now();
     progress.start(Phase::Updating, rollouts.len());
     if let Some(reference) = s.reference {
@@ -529,6 +536,7 @@ pub async fn run(s: &mut Step<'_>) -> Result<StepMetrics, SelfplayError> {
     }
     m.update = update::update(&s.policy.model, s.optimizer, &rollouts, &s.config.rl)?;
     m.update_seconds = t.elapsed().as_secs_f64();
+    m.update_peak_rss_mb = crate::memory::phase_peak_mb();
 
     let proposal_tokens: usize = proposed.iter().map(|g| g.tokens.len()).sum();
     let answer_tokens: usize = answers.iter().map(|g| g.tokens.len()).sum();
