@@ -136,7 +136,7 @@ fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize, packed: &mut Vec<half::
                 // Columns contiguous (a transposed matrix): 16 rows of a column at a time.
                 let height = rows.len();
                 #[cfg(target_arch = "x86_64")]
-                if simd::supported() && simd::gathers(av) {
+                if super::matvec::bf16_dot_supported() && simd::gathers(av) {
                     for (q, tile) in tiles.chunks_exact_mut(TILE * KB).enumerate() {
                         let count = KB.min(av.cols - q * KB);
                         for (r, out) in tile.chunks_exact_mut(KB).take(height).enumerate() {
@@ -195,7 +195,7 @@ fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize, packed: &mut Vec<u32>) 
                 // Rows contiguous: two rows' 16 columns make a row of pairs.
                 let width = cols.len();
                 #[cfg(target_arch = "x86_64")]
-                if simd::supported() {
+                if super::matvec::bf16_dot_supported() {
                     for (p, out) in tiles
                         .chunks_exact_mut(TILE)
                         .take(bv.rows.div_ceil(2))
@@ -250,10 +250,6 @@ fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize, packed: &mut Vec<u32>) 
 mod simd {
     use super::View;
     use std::arch::x86_64::*;
-
-    pub fn supported() -> bool {
-        is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16")
-    }
 
     /// Whether a 32-value gather along a row of `v` fits the instruction's i32 offsets.
     pub fn gathers(v: View) -> bool {

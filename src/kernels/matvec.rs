@@ -154,7 +154,7 @@ fn task_rows(n: usize) -> usize {
 /// Whether this CPU has AVX-512 BF16, whose `vdpbf16ps` multiplies bf16 pairs: bf16 weights
 /// then meet `x` rounded to bf16 (as PyTorch's bf16 does), at twice the products per
 /// instruction of widening the weights to f32.
-fn bf16_dot_supported() -> bool {
+pub(crate) fn bf16_dot_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         cpu_supported() && std::arch::is_x86_feature_detected!("avx512bf16")
