@@ -29,6 +29,11 @@ pub fn peak_rss_mb() -> f64 {
     kib_of("VmHWM:") as f64 / 1024.0
 }
 
+/// Resident set size now, in MiB.
+pub fn rss_mb() -> f64 {
+    kib_of("VmRSS:") as f64 / 1024.0
+}
+
 /// Starts a phase whose peak [`phase_peak_mb`] reads (and the sampler, on first use).
 pub fn start_phase() {
     static SAMPLER: Once = Once::new();

@@ -87,12 +87,19 @@ impl CustomOp2 for SwiGlu {
         _: &Tensor,
         d: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // One pass writes both gradients, stacked: (2, ..).
-        let both = g
-            .detach()
-            .apply_op3_no_bwd(&u.detach(), &d.contiguous()?, &SwiGluGrad)?;
-        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+        let (dg, du) = gradients_of(g, u, d)?;
+        Ok((Some(dg), Some(du)))
     }
+}
+
+/// The gradients of `silu(g) ⊙ u` with respect to g and u given the output's gradient d, for
+/// contiguous f32/f64 CPU g and u of one shape (those [`swiglu`] fuses).
+pub fn gradients_of(g: &Tensor, u: &Tensor, d: &Tensor) -> Result<(Tensor, Tensor)> {
+    // One pass writes both gradients, stacked: (2, ..).
+    let both = g
+        .detach()
+        .apply_op3_no_bwd(&u.detach(), &d.contiguous()?, &SwiGluGrad)?;
+    Ok((both.get(0)?, both.get(1)?))
 }
 
 struct SwiGluGrad;

@@ -47,6 +47,26 @@ impl Linear {
         };
         y.reshape((b, t, ()))
     }
+
+    /// `silu(gate) ⊙ up` (b, t, in) through this layer, keeping less for backward where the
+    /// pass accumulates weight gradients.
+    fn forward_gated(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        pass: &Pass,
+    ) -> candle_core::Result<Tensor> {
+        let (Some(sink), None) = (pass.grad.sink(&self.weight), &self.bias) else {
+            return self.forward(&swiglu(gate, up, pass.grad.on())?, pass);
+        };
+        let (b, t, n) = gate.dims3()?;
+        let flat = |x: &Tensor| x.reshape((b * t, n));
+        weight_grads::project_gated(&flat(gate)?, &flat(up)?, &self.weight, sink)?.reshape((
+            b,
+            t,
+            (),
+        ))
+    }
 }
 
 /// x (m, in) · w (out, in)ᵀ without grad: the pass's bf16 copy of `w` where the decode kernel
@@ -605,8 +625,8 @@ impl Model {
         let x = (x + attn)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
         let gate = block.gate_proj.forward(&h, pass)?;
-        let mlp = swiglu(&gate, &block.up_proj.forward(&h, pass)?, pass.grad.on())?;
-        x + block.down_proj.forward(&mlp, pass)?
+        let up = block.up_proj.forward(&h, pass)?;
+        x + block.down_proj.forward_gated(&gate, &up, pass)?
     }
 
     fn attention(

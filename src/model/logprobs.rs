@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, D};
 
 use super::decoder::{Grad, MASKED};
-use super::{weight_grads, Model};
+use super::weight_grads::{self, Coefficients};
+use super::Model;
 use crate::kernels::softmax;
 
 /// A prompt and the completion whose tokens are scored.
@@ -236,7 +237,8 @@ pub fn pass_size(batch: &[Scored]) -> usize {
 /// C = onehot(target) - p the surrogate's gradient with respect to rows and head is exactly that
 /// of log p(target), and with C = -p ⊙ (log p + H) that of the entropy H. Each keeps one
 /// (n, vocab) tensor for backward; the composed log-softmax kept five. With an accumulator for
-/// the head, its gradient Cᵀ · rows is added there (`weight_grads.rs`).
+/// the head, its gradient Cᵀ · rows is added there (`weight_grads.rs`), and log p(target)'s C
+/// is recomputed in backward from the rows and the head rather than kept.
 fn chunk_scores(
     rows: &Tensor,
     head: &Tensor,
@@ -258,12 +260,14 @@ fn chunk_scores(
     // Scoring without a gradient, and training with the head's accumulator and no entropy
     // bonus (the CPU's update), need only the softmax's fused statistics.
     if entropy != Entropy::WithGrad && (!tracked || sink.is_some()) {
-        if let Some(stats) = softmax::fused(&logits, &target.to_vec1()?, t, tracked)? {
-            let value = match (sink, stats.coefficients) {
-                (Some(sink), Some(c)) => {
+        let targets = target.to_vec1()?;
+        if let Some(stats) = softmax::fused(&logits, &targets, t, false)? {
+            let value = match sink.filter(|_| tracked) {
+                Some(sink) => {
+                    let c = Coefficients::LogProbs { targets, t };
                     (stats.logp_target + weight_grads::head_surrogate(rows, head, c, sink)?)?
                 }
-                _ => stats.logp_target,
+                None => stats.logp_target,
             };
             return Ok((value, (entropy == Entropy::Value).then_some(stats.entropy)));
         }
@@ -281,7 +285,9 @@ fn chunk_scores(
                      c_head: &dyn Fn() -> candle_core::Result<Tensor>|
      -> candle_core::Result<Tensor> {
         let zero = match sink {
-            Some(sink) => weight_grads::head_surrogate(rows, head, (c()? / t)?, sink)?,
+            Some(sink) => {
+                weight_grads::head_surrogate(rows, head, Coefficients::Held((c()? / t)?), sink)?
+            }
             None => {
                 let surrogate = ((rows * c_head()?)?.sum(D::Minus1)?.to_dtype(accumulate)? / t)?;
                 (&surrogate - surrogate.detach())?

@@ -303,6 +303,7 @@ pub fn update(
         let grad = sinks.as_ref().map_or(Grad::Graph, Grad::Into);
         let mut loss_sum = 0f64;
         for chunk in &passes {
+            let pass_started = Instant::now();
             let batch = scored(rollouts, chunk);
             // The entropy is a metric; it needs a gradient only as a bonus in the loss.
             let entropy_mode = match config.entropy_coef == 0.0 {
@@ -357,6 +358,13 @@ pub fn update(
                 Some(total) => crate::rl::optim::accumulate(total, &step_grads, &params)?,
                 None => grads = Some(step_grads),
             }
+            tracing::debug!(
+                completions = chunk.len(),
+                positions = pass_size(&batch),
+                seconds = pass_started.elapsed().as_secs_f64(),
+                rss_mb = crate::memory::rss_mb(),
+                "update pass"
+            );
         }
         metrics.lr = optimizer.config.lr_at(optimizer.step);
         let mut grads = match grads {
@@ -367,6 +375,7 @@ pub fn update(
             sinks.add_to(&mut grads)?;
         }
         metrics.grad_norm = optimizer.step(&grads)?;
+        tracing::debug!(rss_mb = crate::memory::rss_mb(), "optimizer step");
         metrics.loss = loss_sum;
     }
     let counted = stats.tokens.max(1) as f64;
