@@ -35,15 +35,38 @@ struct Linear {
 impl Linear {
     /// x (b, t, in) -> (b, t, out); a pass without grad may use the decode kernel.
     fn forward(&self, x: &Tensor, pass: &Pass) -> candle_core::Result<Tensor> {
+        self.forward_onto(x, None, pass)
+    }
+
+    /// [`Self::forward`] added onto `residual` (b, t, out), when given.
+    fn forward_onto(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        pass: &Pass,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, n) = x.dims3()?;
         let x = x.reshape((b * t, n))?;
-        let y = match pass.grad.sink(&self.weight) {
-            Some(sink) => weight_grads::project(&x, &self.weight, sink)?,
-            None => product(&x, &self.weight, pass.grad.on(), pass.decode.as_deref())?,
-        };
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
+        let residual = residual.map(|r| r.reshape((b * t, ()))).transpose()?;
+        let bias = self.bias.as_ref().map(|b| b.as_tensor());
+        let y = match (pass.grad.sink(&self.weight), bias, residual.as_ref()) {
+            (Some(sink), Some(plus), None) | (Some(sink), None, Some(plus)) => {
+                weight_grads::project_plus(&x, &self.weight, plus, sink)?
+            }
+            (sink, bias, residual) => {
+                let y = match sink {
+                    Some(sink) => weight_grads::project(&x, &self.weight, sink)?,
+                    None => product(&x, &self.weight, pass.grad.on(), pass.decode.as_deref())?,
+                };
+                let y = match bias {
+                    Some(bias) => y.broadcast_add(bias)?,
+                    None => y,
+                };
+                match residual {
+                    Some(r) => (r + y)?,
+                    None => y,
+                }
+            }
         };
         y.reshape((b, t, ()))
     }
@@ -621,14 +644,15 @@ impl Model {
     ) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = ops::rms_norm(x, &block.input_layernorm, eps, pass.grad.on())?;
-        let attn = self.attention(block, &h, pass, cache)?;
-        let x = (x + attn)?;
+        let heads = self.attention(block, &h, pass, cache)?;
+        let x = block.o_proj.forward_onto(&heads, Some(x), pass)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
         let gate = block.gate_proj.forward(&h, pass)?;
         let up = block.up_proj.forward(&h, pass)?;
         x + block.down_proj.forward_gated(&gate, &up, pass)?
     }
 
+    /// Self-attention's heads, merged: (b, t, heads x head_dim), before `o_proj`.
     fn attention(
         &self,
         block: &Block,
@@ -663,9 +687,7 @@ impl Model {
         // Scale q (t x d) rather than the scores (t x T): one less (T x T) tensor in the graph.
         let q = (q / (d as f64).sqrt())?.reshape((b, kv_heads, rep * t, d))?;
         let out = attention::attend(&q, &k, &v, mask, grad)?.reshape((b, heads, t, d))?;
-        block
-            .o_proj
-            .forward(&out.transpose(1, 2)?.reshape((b, t, heads * d))?, pass)
+        out.transpose(1, 2)?.reshape((b, t, heads * d))
     }
 }
 

@@ -147,10 +147,75 @@ impl CustomOp2 for Projection {
         _: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.backward(x, w, dy)?), None))
+    }
+}
+
+impl Projection {
+    /// Adds the weight's gradient into the sink and returns dx.
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let dy = dy.contiguous()?;
         self.sink
             .inplace_op3(&dy, &x.detach(), &AddWeightGrad(self.products))?;
-        Ok((Some(plain_product(&dy, &w.detach(), self.products)?), None))
+        plain_product(&dy, &w.detach(), self.products)
+    }
+}
+
+/// `x (m, k) · w (n, k)ᵀ + plus`, plus a bias (n,) or a residual (m, n), as one op: composed,
+/// the graph would keep the bare product (m, n) beside the sum. Its backward is
+/// [`project`]'s, and `plus` takes the output's gradient (summed over rows for a bias).
+pub fn project_plus(x: &Tensor, w: &Tensor, plus: &Tensor, sink: Sink) -> Result<Tensor> {
+    let out = plain_product(&x.detach(), &w.detach().t()?, sink.products)?
+        .broadcast_add(&plus.detach())?;
+    x.apply_op3(
+        w,
+        plus,
+        ProjectionPlus {
+            projection: Projection {
+                sink: sink.grad.clone(),
+                products: sink.products,
+            },
+            out: Precomputed::new(out),
+        },
+    )
+}
+
+struct ProjectionPlus {
+    projection: Projection,
+    out: Precomputed,
+}
+
+impl CustomOp3 for ProjectionPlus {
+    fn name(&self) -> &'static str {
+        "azr-projection-plus"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.out.cpu()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        plus: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d_plus = match plus.rank() {
+            1 => dy.sum(0)?,
+            _ => dy.clone(),
+        };
+        let dx = self.projection.backward(x, w, dy)?;
+        Ok((Some(dx), None, Some(d_plus)))
     }
 }
 
@@ -512,6 +577,52 @@ mod tests {
             for ((name, f), c) in names.iter().zip(&fused).zip(&composed) {
                 assert!(c.iter().any(|&v| v != 0.0), "{name}: all zero");
                 assert_eq!(f, c, "{name} ({products:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_projection_plus_a_bias_or_a_residual_is_the_composed_sum_bit_for_bit() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (40, 96), &dev).unwrap();
+        let w = Var::randn(0f32, 0.1, (24, 96), &dev).unwrap();
+        let bias = Var::randn(0f32, 1., 24, &dev).unwrap();
+        let residual = Var::randn(0f32, 1., (40, 24), &dev).unwrap();
+        for products in [Products::F32, Products::Bf16Tiles] {
+            for plus in [&bias, &residual] {
+                let run = |fused: bool| {
+                    let grads = WeightGrads::new(&[&w], products).unwrap().unwrap();
+                    let sink = grads.sink(&w).unwrap();
+                    let y = match fused {
+                        true => project_plus(&x, &w, plus, sink).unwrap(),
+                        false => project(&x, &w, sink).unwrap().broadcast_add(plus).unwrap(),
+                    };
+                    let weights = Tensor::arange(0f32, y.elem_count() as f32, &dev)
+                        .unwrap()
+                        .cos()
+                        .unwrap()
+                        .reshape(y.shape())
+                        .unwrap();
+                    let store = (&y * weights)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    [
+                        flat(&y),
+                        flat(store.get(&x).unwrap()),
+                        flat(store.get(plus).unwrap()),
+                        flat(&grads.sinks[&w.id()]),
+                    ]
+                };
+                let (fused, composed) = (run(true), run(false));
+                let names = ["y", "d x", "d plus", "d w"];
+                for ((name, f), c) in names.iter().zip(&fused).zip(&composed) {
+                    assert!(c.iter().any(|&v| v != 0.0), "{name}: all zero");
+                    assert_eq!(f, c, "{name} ({products:?}, plus {:?})", plus.shape());
+                }
             }
         }
     }
