@@ -538,6 +538,42 @@ mod tests {
         }
     }
 
+    /// Runs `op(sink, fused)` fused and composed through one weighted sum's backward and asserts
+    /// that the output, the gradients of `inputs` and w's accumulated gradient are equal bit for
+    /// bit (and not all zero).
+    fn assert_fused_is_composed(
+        w: &Var,
+        inputs: [(&str, &Var); 2],
+        products: Products,
+        op: impl Fn(Sink<'_>, bool) -> Tensor,
+    ) {
+        let run = |fused: bool| {
+            let grads = WeightGrads::new(&[w], products).unwrap().unwrap();
+            let y = op(grads.sink(w).unwrap(), fused);
+            let weights = Tensor::arange(0f32, y.elem_count() as f32, y.device())
+                .unwrap()
+                .cos()
+                .unwrap()
+                .reshape(y.shape())
+                .unwrap();
+            let store = (&y * weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut out = vec![("y", flat(&y))];
+            out.extend(inputs.map(|(name, v)| (name, flat(store.get(v).unwrap()))));
+            out.push(("d w", flat(&grads.sinks[&w.id()])));
+            out
+        };
+        for ((name, f), (_, c)) in run(true).into_iter().zip(run(false)) {
+            assert!(c.iter().any(|&v| v != 0.0), "{name}: all zero");
+            assert_eq!(f, c, "{name} ({products:?})");
+        }
+    }
+
     #[test]
     fn the_gated_projection_is_swiglu_then_the_projection_bit_for_bit() {
         let dev = Device::Cpu;
@@ -545,39 +581,11 @@ mod tests {
             let gate = Var::randn(0f32, 2., (40, 96), &dev).unwrap();
             let up = Var::randn(0f32, 1., (40, 96), &dev).unwrap();
             let w = Var::randn(0f32, 0.1, (24, 96), &dev).unwrap();
-            let run = |fused: bool| {
-                let grads = WeightGrads::new(&[&w], products).unwrap().unwrap();
-                let sink = grads.sink(&w).unwrap();
-                let y = match fused {
-                    true => project_gated(&gate, &up, &w, sink).unwrap(),
-                    false => project(&swiglu(&gate, &up, true).unwrap(), &w, sink).unwrap(),
-                };
-                let weights = Tensor::arange(0f32, y.elem_count() as f32, &dev)
-                    .unwrap()
-                    .cos()
-                    .unwrap()
-                    .reshape(y.shape())
-                    .unwrap();
-                let store = (&y * weights)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                [
-                    flat(&y),
-                    flat(store.get(&gate).unwrap()),
-                    flat(store.get(&up).unwrap()),
-                    flat(&grads.sinks[&w.id()]),
-                ]
-            };
-            let (fused, composed) = (run(true), run(false));
-            let names = ["y", "d gate", "d up", "d w"];
-            for ((name, f), c) in names.iter().zip(&fused).zip(&composed) {
-                assert!(c.iter().any(|&v| v != 0.0), "{name}: all zero");
-                assert_eq!(f, c, "{name} ({products:?})");
-            }
+            let inputs = [("d gate", &gate), ("d up", &up)];
+            assert_fused_is_composed(&w, inputs, products, |sink, fused| match fused {
+                true => project_gated(&gate, &up, &w, sink).unwrap(),
+                false => project(&swiglu(&gate, &up, true).unwrap(), &w, sink).unwrap(),
+            });
         }
     }
 
@@ -589,40 +597,12 @@ mod tests {
         let bias = Var::randn(0f32, 1., 24, &dev).unwrap();
         let residual = Var::randn(0f32, 1., (40, 24), &dev).unwrap();
         for products in [Products::F32, Products::Bf16Tiles] {
-            for plus in [&bias, &residual] {
-                let run = |fused: bool| {
-                    let grads = WeightGrads::new(&[&w], products).unwrap().unwrap();
-                    let sink = grads.sink(&w).unwrap();
-                    let y = match fused {
-                        true => project_plus(&x, &w, plus, sink).unwrap(),
-                        false => project(&x, &w, sink).unwrap().broadcast_add(plus).unwrap(),
-                    };
-                    let weights = Tensor::arange(0f32, y.elem_count() as f32, &dev)
-                        .unwrap()
-                        .cos()
-                        .unwrap()
-                        .reshape(y.shape())
-                        .unwrap();
-                    let store = (&y * weights)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
-                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    [
-                        flat(&y),
-                        flat(store.get(&x).unwrap()),
-                        flat(store.get(plus).unwrap()),
-                        flat(&grads.sinks[&w.id()]),
-                    ]
-                };
-                let (fused, composed) = (run(true), run(false));
-                let names = ["y", "d x", "d plus", "d w"];
-                for ((name, f), c) in names.iter().zip(&fused).zip(&composed) {
-                    assert!(c.iter().any(|&v| v != 0.0), "{name}: all zero");
-                    assert_eq!(f, c, "{name} ({products:?}, plus {:?})", plus.shape());
-                }
+            for (name, plus) in [("d bias", &bias), ("d residual", &residual)] {
+                let inputs = [("d x", &x), (name, plus)];
+                assert_fused_is_composed(&w, inputs, products, |sink, fused| match fused {
+                    true => project_plus(&x, &w, plus, sink).unwrap(),
+                    false => project(&x, &w, sink).unwrap().broadcast_add(plus).unwrap(),
+                });
             }
         }
     }
