@@ -46,8 +46,8 @@ pub struct RunConfig {
     /// The weights' dtype: `auto` (f32 on the CPU, bf16 on a GPU), `f32` or `bf16`.
     pub dtype: Precision,
     /// Generation's decode steps multiply bf16 copies of the f32 weights (CPUs with
-    /// AVX-512; prompt passes too on CPUs with AMX), as RL trainers that sample with a bf16
-    /// engine do.
+    /// AVX-512; prompt passes too on CPUs with AVX-512 BF16 or AMX), as RL trainers that
+    /// sample with a bf16 engine do.
     pub bf16_decode: bool,
     /// Seeds every random choice of the run (sampling, buffer draws).
     pub seed: u64,

@@ -47,8 +47,8 @@ pub struct Options {
     /// Draw the weights at random in the shapes of --model's config.json.
     #[arg(long)]
     pub random_weights: bool,
-    /// The update's large matrix products multiply bf16 roundings on AMX tiles where the CPU
-    /// has them (`rl.bf16_products = true`); f32 without it.
+    /// The update's large matrix products multiply bf16 roundings where the CPU multiplies
+    /// bf16 pairs (AMX, AVX-512 BF16; `rl.bf16_products = true`); f32 without it.
     #[arg(long)]
     pub bf16_products: bool,
 }
@@ -204,7 +204,7 @@ impl fmt::Display for Report {
             self.parameters as f64 / 1e6,
             o.dtype,
             o.device,
-            if o.bf16_products { "bf16-tile" } else { "f32" },
+            if o.bf16_products { "bf16" } else { "f32" },
             o.sequences,
             o.prompt_tokens,
             o.completion_tokens,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use sample::Sampling;
@@ -53,7 +54,8 @@ pub struct GenerateConfig {
     #[serde(default)]
     pub stop_after: Option<String>,
     /// Decode steps multiply bf16 copies of f32 weights, taken at the start of the call,
-    /// where the CPU has AVX-512 (ignored elsewhere; prompt passes too where it has AMX):
+    /// where the CPU has AVX-512 (ignored elsewhere; prompt passes too where it multiplies
+    /// bf16 pairs, with AVX-512 BF16 or AMX):
     /// about 1.3x the tokens per second, with log-probs within bf16 rounding of the f32
     /// model's.
     #[serde(default)]
@@ -157,18 +159,15 @@ pub fn generate_batches(
     let cache = KvCache::with_weights(decode_weights(model, config)?)
         .reserving(width + config.max_new_tokens);
     let pad = tokenizer.pad_id();
-    let (mut cache, mut logits) = prefill(model, prompts, &first, pad, cache)?;
+    let mut time = Timing::default();
+    let (mut cache, mut logits) = prefill(model, prompts, &first, pad, cache, &mut time)?;
     // The prompt of each cache row.
     let mut live = first;
     loop {
         let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
         sampled(logits_rows.len());
         // The token each row feeds the next step; None once its completion has ended.
-        let mut next: Vec<Option<u32>> = live
-            .iter()
-            .zip(&logits_rows)
-            .map(|(&i, row)| rows.sample(i, row))
-            .collect();
+        let mut next = rows.sample(&live, &logits_rows);
         // Rows that finished take waiting prompts, whose first tokens are sampled from their
         // own prompt pass (one may end at once and free its row again).
         loop {
@@ -180,20 +179,23 @@ pub fn generate_batches(
                 break;
             }
             let new: Vec<usize> = waiting.drain(..free.len()).collect();
-            let (fresh, fresh_logits) = prefill(model, prompts, &new, pad, cache.empty_like())?;
+            let (fresh, fresh_logits) =
+                prefill(model, prompts, &new, pad, cache.empty_like(), &mut time)?;
             let fresh_rows: Vec<Vec<f32>> = fresh_logits.to_vec2()?;
             sampled(new.len());
             cache.make_room(fresh.len())?;
+            let firsts = rows.sample(&new, &fresh_rows);
             for (j, (&slot, &i)) in free.iter().zip(&new).enumerate() {
                 cache.splice(slot, &fresh, j)?;
                 live[slot] = i;
-                next[slot] = rows.sample(i, &fresh_rows[j]);
+                next[slot] = firsts[j];
             }
         }
         let keep: Vec<usize> = (0..next.len()).filter(|&r| next[r].is_some()).collect();
         if keep.is_empty() {
             break;
         }
+        let started = std::time::Instant::now();
         if keep.len() < live.len() {
             cache.keep_rows(&keep)?;
             live = keep.iter().map(|&r| live[r]).collect();
@@ -203,8 +205,50 @@ pub fn generate_batches(
         let input = Tensor::from_vec(tokens, (live.len(), 1), model.device())?;
         let hidden = model.forward(&input, None, Some(&mut cache), false)?;
         logits = model.next_token_logits(&hidden, &cache)?;
+        time.decoded(started, live.len());
     }
+    time.report(rows.out.len());
     Ok(rows.out)
+}
+
+/// Where a generation call's time went: prompt passes and decode steps (debug log).
+#[derive(Default)]
+struct Timing {
+    prefills: usize,
+    /// Cache columns the prompt passes computed, padding included (rows x width).
+    prefill_columns: usize,
+    prefill_seconds: f64,
+    steps: usize,
+    /// Rows decoded, summed over steps.
+    step_rows: usize,
+    step_seconds: f64,
+}
+
+impl Timing {
+    fn prefilled(&mut self, started: std::time::Instant, columns: usize) {
+        self.prefills += 1;
+        self.prefill_columns += columns;
+        self.prefill_seconds += started.elapsed().as_secs_f64();
+    }
+
+    fn decoded(&mut self, started: std::time::Instant, rows: usize) {
+        self.steps += 1;
+        self.step_rows += rows;
+        self.step_seconds += started.elapsed().as_secs_f64();
+    }
+
+    fn report(&self, completions: usize) {
+        tracing::debug!(
+            completions,
+            prefills = self.prefills,
+            prefill_columns = self.prefill_columns,
+            prefill_seconds = self.prefill_seconds,
+            decode_steps = self.steps,
+            mean_rows = self.step_rows as f64 / self.steps.max(1) as f64,
+            decode_seconds = self.step_seconds,
+            "generated"
+        );
+    }
 }
 
 /// The completions under way and how their tokens are chosen.
@@ -219,10 +263,35 @@ struct Rows<'a, F> {
 }
 
 impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
-    /// Samples completion `i`'s next token from `logits`: the token to feed the next step, or
-    /// None when the completion has ended with it.
-    fn sample(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
-        let (token, logprob) = sample::choose(logits, self.sampling, &mut self.streams[i]);
+    /// Samples the next token of completions `which` (distinct), completion `which[r]` from
+    /// `logits[r]`, the rows in parallel: for each, the token to feed the next step, or None
+    /// when the completion has ended with it.
+    fn sample(&mut self, which: &[usize], logits: &[Vec<f32>]) -> Vec<Option<u32>> {
+        let mut streams: Vec<Option<&mut StdRng>> = self.streams.iter_mut().map(Some).collect();
+        let mine: Vec<&mut StdRng> = which
+            .iter()
+            .map(|&i| {
+                streams[i]
+                    .take()
+                    .expect("each completion sampled once a step")
+            })
+            .collect();
+        let sampling = self.sampling;
+        let picks: Vec<(u32, f32)> = mine
+            .into_par_iter()
+            .zip(logits)
+            .map(|(rng, row)| sample::choose(row, sampling, rng))
+            .collect();
+        which
+            .iter()
+            .zip(picks)
+            .map(|(&i, (token, logprob))| self.accept(i, token, logprob))
+            .collect()
+    }
+
+    /// Appends `token` to completion `i`: the token to feed the next step, or None when the
+    /// completion has ended with it.
+    fn accept(&mut self, i: usize, token: u32, logprob: f32) -> Option<u32> {
         let g = &mut self.out[i];
         g.tokens.push(token);
         g.logprobs.push(logprob);
@@ -296,7 +365,9 @@ fn prefill(
     which: &[usize],
     pad: u32,
     cache: KvCache,
+    time: &mut Timing,
 ) -> Result<(KvCache, Tensor), ModelError> {
+    let started = std::time::Instant::now();
     let device = model.device();
     let mut distinct: Vec<&[u32]> = Vec::new();
     let mut first: HashMap<&[u32], usize> = HashMap::new();
@@ -319,6 +390,7 @@ fn prefill(
     let input = Tensor::from_vec(ids, (distinct.len(), width), device)?;
     let hidden = model.forward(&input, None, Some(&mut cache), false)?;
     let logits = model.next_token_logits(&hidden, &cache)?;
+    time.prefilled(started, distinct.len() * width);
     if distinct.len() == which.len() {
         return Ok((cache, logits));
     }

@@ -142,11 +142,11 @@ fn waiting_prompts_take_finished_rows_and_decode_as_they_would_alone() {
     assert_refilled_rows_decode_as_alone(&model(), &config);
 }
 
-/// The same on the AMX tiles, where prompt passes multiply the bf16 copies too: a prompt that
-/// joins a running batch must be prefilled as one that starts it (a model whose matrices are
-/// whole tiles).
+/// The same where prompt passes multiply the bf16 copies too (AVX-512 BF16, AMX tiles): a
+/// prompt that joins a running batch must be prefilled as one that starts it (a model whose
+/// matrices are whole tiles).
 #[test]
-fn waiting_prompts_on_the_tiles_decode_as_they_would_alone() {
+fn waiting_prompts_in_bf16_decode_as_they_would_alone() {
     let config = ModelConfig {
         hidden_size: 32,
         intermediate_size: 64,
@@ -154,8 +154,8 @@ fn waiting_prompts_on_the_tiles_decode_as_they_would_alone() {
         ..ModelConfig::tiny(Architecture::Qwen2, false)
     };
     let model = Model::random(config, 11, &Device::Cpu, DType::F32).unwrap();
-    if !(bf16_decode_runs(&model) && crate::kernels::matvec::prefill_on_tiles()) {
-        eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+    if !(bf16_decode_runs(&model) && crate::kernels::matvec::prefill_in_bf16()) {
+        eprintln!("skipped: this CPU multiplies no bf16 pairs (no AVX-512 BF16)");
         return;
     }
     let config = GenerateConfig {

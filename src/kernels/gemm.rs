@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result};
 use gemm::Parallelism;
 
-use super::amx_gemm;
+use super::bf16_gemm;
 
 /// A strided 2-D view of a storage: element (i, j) at `offset + i * rs + j * cs`.
 #[derive(Debug, Clone, Copy)]
@@ -88,22 +88,22 @@ impl View {
     }
 }
 
-/// How f32 products multiply: exactly, or as bf16 roundings of their operands with f32 sums on
-/// AMX tiles where the CPU has them and the product is large (`amx_gemm`). f64 products are
-/// always exact.
+/// How f32 products multiply: exactly, or as bf16 roundings of their operands with f32 sums
+/// where the CPU multiplies bf16 pairs (AMX, AVX-512 BF16) and the product is large
+/// (`bf16_gemm`). f64 products are always exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Products {
     #[default]
     F32,
-    Bf16Tiles,
+    Bf16,
 }
 
-/// The dtypes these products take: gemm's unit, and for f32 the AMX tiles.
+/// The dtypes these products take: gemm's unit, and for f32 the bf16 kernels.
 trait Element: Copy + 'static {
     const ONE: Self;
 
-    /// Runs the product on AMX tiles when `products` asks for them and they take it, saying
-    /// whether it did.
+    /// Runs the product in bf16 when `products` asks for it and the CPU and size allow it,
+    /// saying whether it did.
     ///
     /// # Safety
     /// As [`run`]'s, with the views already checked.
@@ -139,9 +139,9 @@ impl Element for f32 {
         b: &[f32],
         bv: View,
     ) -> bool {
-        let tiles = products == Products::Bf16Tiles && amx_gemm::fits(av.rows, bv.cols, av.cols);
+        let tiles = products == Products::Bf16 && bf16_gemm::fits(av.rows, bv.cols, av.cols);
         if tiles {
-            amx_gemm::product(dst, dv, read_dst, a, av, b, bv);
+            bf16_gemm::product(dst, dv, read_dst, a, av, b, bv);
         }
         tiles
     }
@@ -205,8 +205,8 @@ pub fn add_product(
     }
 }
 
-/// `dst = (read_dst ? dst : 0) + a · b` through gemm, or on AMX tiles where `products` asks
-/// for them and the dtype and size allow it, with the shapes and bounds checked.
+/// `dst = (read_dst ? dst : 0) + a · b` through gemm, or in bf16 where `products` asks for it
+/// and the CPU, dtype and size allow it, with the shapes and bounds checked.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `dst_len` elements (and reads of them with `read_dst`).
@@ -307,6 +307,6 @@ mod tests {
         let (b, vb) = storage(&Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap());
         assert!(product(&a, va, &b, vb, Products::F32).is_err());
         let (c, vc) = storage(&Tensor::zeros((3, 2), candle_core::DType::F64, &dev).unwrap());
-        assert!(product(&a, va, &c, vc, Products::Bf16Tiles).is_err());
+        assert!(product(&a, va, &c, vc, Products::Bf16).is_err());
     }
 }

@@ -13,12 +13,13 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Most rows of `x` the kernel takes, but for bf16 weights on AMX tiles; larger products
-/// (prefill elsewhere, training) go to gemm.
+/// Most rows of `x` the kernel takes at once: more are taken only for bf16 weights where bf16
+/// pairs are multiplied (prompt passes), in pieces of this many; other large products
+/// (f32 prefill, training) go to gemm.
 pub const MAX_ROWS: usize = 64;
 
 /// Whether [`matmul_nt`] can compute `x · wᵀ` for these operands on this machine: up to
-/// [`MAX_ROWS`] rows, or any number when bf16 `w` goes to the AMX tiles.
+/// [`MAX_ROWS`] rows, or any number when bf16 `w` meets `x` in bf16 pair products.
 pub fn usable(x: &Tensor, w: &Tensor) -> bool {
     let rows = x.dims().iter().rev().skip(1).product::<usize>();
     matches!(x.device(), Device::Cpu)
@@ -26,23 +27,24 @@ pub fn usable(x: &Tensor, w: &Tensor) -> bool {
         && matches!(w.dtype(), DType::F32 | DType::BF16)
         && w.rank() == 2
         && cpu_supported()
-        && takes_rows(rows, w.dtype(), w.dims()[0], w.dims()[1])
+        && takes_rows(rows, w.dtype())
 }
 
 /// Whether the kernel takes `m` rows of x against a (n, k) weight of `dtype`.
-fn takes_rows(m: usize, dtype: DType, n: usize, k: usize) -> bool {
-    (1..=MAX_ROWS).contains(&m) || (dtype == DType::BF16 && on_tiles(m, n, k))
+fn takes_rows(m: usize, dtype: DType) -> bool {
+    (1..=MAX_ROWS).contains(&m) || (dtype == DType::BF16 && m > 0 && prefill_in_bf16())
 }
 
 /// Whether a bf16 product of these sizes runs on the AMX tiles here.
-fn on_tiles(m: usize, n: usize, k: usize) -> bool {
-    prefill_on_tiles() && super::amx::fits(m, n, k)
+fn on_tiles_here(m: usize, n: usize, k: usize) -> bool {
+    super::amx::supported() && super::amx::fits(m, n, k)
 }
 
 /// Whether prompt passes (any number of rows) can multiply the bf16 decode copies here with
-/// the same per-row bits as decode steps: only on the AMX tiles.
-pub fn prefill_on_tiles() -> bool {
-    bf16_dot_supported() && super::amx::supported()
+/// the same per-row bits as decode steps: where bf16 pairs are multiplied (AVX-512 BF16, and
+/// AMX), whose kernels sum each output the same way however many rows come with it.
+pub fn prefill_in_bf16() -> bool {
+    bf16_dot_supported()
 }
 
 fn cpu_supported() -> bool {
@@ -118,7 +120,7 @@ impl candle_core::CustomOp2 for MatVec {
             CpuStorage::BF16(_) => DType::BF16,
             _ => DType::F32,
         };
-        if wk != k || !takes_rows(m, dtype, n, k) || !cpu_supported() {
+        if wk != k || !takes_rows(m, dtype) || !cpu_supported() {
             candle_core::bail!(
                 "azr-matvec: cannot take x {:?} and w {:?}",
                 xl.dims(),
@@ -172,46 +174,43 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
             unsafe { avx512::round_bf16(x, &mut xb) };
             // The choice of kernel depends on the weight's shape, not on m: a row's bits stay
             // the same in any batch.
-            if on_tiles(m, n, k) {
+            if on_tiles_here(m, n, k) {
                 return super::amx::product(&xb, m, w, n, k);
             }
-            product::<avx512::Dot>(&xb, m, w, n, k)
+            // A prompt pass's rows go MAX_ROWS at a time, as a decode step's, so x's piece
+            // stays in L2 while the weights stream past it.
+            let mut y = Vec::with_capacity(m * n);
+            for x in xb.chunks(MAX_ROWS * k) {
+                y.extend(product::<avx512::Dot>(x, x.len() / k, w, n, k));
+            }
+            y
         }
         false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
     }
 }
 
-/// Computes `yt (n, m) = w (n, k) · x (m, k)ᵀ` with kernel `K` over row blocks of `w` in
-/// parallel, and returns it transposed, (m, n).
+/// `y (m, n) = x (m, k) · w (n, k)ᵀ` with kernel `K` over row blocks of `w` in parallel, each
+/// task writing its own columns of y. (Computed transposed, so that a task's part was one
+/// contiguous run, and turned after, the turn cost 15% of a batch-64 decode step and more
+/// than the product at the LM head's 151,936 columns.)
 #[cfg(target_arch = "x86_64")]
 fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usize) -> Vec<f32> {
-    // Computed transposed, (n, m), so each task writes one contiguous run.
-    let mut yt = vec![0f32; n * m];
-    let rows = task_rows(n);
-    yt.par_chunks_mut(rows * m)
-        .zip(w.par_chunks(rows * k))
-        // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs, and every slice
-        // holds whole rows of length k (m rows of x, yt.len() / m rows of w).
-        .for_each(|(yt, w)| unsafe { avx512::block::<K>(x, m, w, yt, k) });
-    transposed(&yt, m, n)
-}
-
-/// `yt` (n, m), as the kernel writes it (each task one contiguous run), turned into (m, n):
-/// 16 columns at a time, in parallel, so each write is a run of 16 and the reads stay in L1
-/// (element by element, the turn was 15% of a batch-64 decode step).
-fn transposed(yt: &[f32], m: usize, n: usize) -> Vec<f32> {
-    const RUN: usize = 16;
-    let mut y = vec![0f32; m * n];
+    let mut y = Vec::with_capacity(m * n);
     let out = super::Out(y.as_mut_ptr());
-    yt.par_chunks(RUN * m).enumerate().for_each(|(c, cols)| {
-        for i in 0..m {
-            // SAFETY: columns c * RUN.. of row i lie in y, and only this task writes them.
-            let dst = unsafe { out.get().add(i * n + c * RUN) };
-            for (j, col) in cols.chunks_exact(m).enumerate() {
-                unsafe { *dst.add(j) = col[i] };
-            }
-        }
+    let rows = task_rows(n);
+    w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
+        let cols = avx512::Cols {
+            y: out.get(),
+            n,
+            first: t * rows,
+        };
+        // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs; `w` holds whole
+        // rows of length k, whose columns of y (from `first`) only this task writes, and y
+        // has room for all m n sums.
+        unsafe { avx512::block::<K>(x, m, w, cols, k) }
     });
+    // SAFETY: the tasks' columns cover all n, each for all m rows.
+    unsafe { y.set_len(m * n) };
     y
 }
 
@@ -277,8 +276,7 @@ mod avx512 {
             i: usize,
             w: &[Self::W],
             j: usize,
-            yt: &mut [f32],
-            m: usize,
+            y: Cols,
             k: usize,
         );
     }
@@ -290,10 +288,19 @@ mod avx512 {
     /// products) into f32 sums.
     pub struct Dot;
 
-    /// yt (rows, m) = w (rows, k) · x (m, k)ᵀ, in tiles of up to 4 x-rows by 4 w-rows.
+    /// Where a task's sums go: columns `first..` of y (m, n), one per row of its part of `w`.
+    #[derive(Clone, Copy)]
+    pub struct Cols {
+        pub y: *mut f32,
+        pub n: usize,
+        pub first: usize,
+    }
+
+    /// y (m, first..first + rows) = x (m, k) · w (rows, k)ᵀ, in tiles of up to 4 x-rows by 4
+    /// w-rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn block<K: Kernel>(x: &[K::X], m: usize, w: &[K::W], yt: &mut [f32], k: usize) {
-        let rows = yt.len() / m;
+    pub unsafe fn block<K: Kernel>(x: &[K::X], m: usize, w: &[K::W], y: Cols, k: usize) {
+        let rows = w.len() / k;
         let mut j = 0;
         while j < rows {
             let c = (rows - j).min(4);
@@ -303,10 +310,10 @@ mod avx512 {
                 macro_rules! tiles {
                     ($r:literal) => {
                         match c {
-                            4 => K::tile::<$r, 4>(x, i, w, j, yt, m, k),
-                            3 => K::tile::<$r, 3>(x, i, w, j, yt, m, k),
-                            2 => K::tile::<$r, 2>(x, i, w, j, yt, m, k),
-                            _ => K::tile::<$r, 1>(x, i, w, j, yt, m, k),
+                            4 => K::tile::<$r, 4>(x, i, w, j, y, k),
+                            3 => K::tile::<$r, 3>(x, i, w, j, y, k),
+                            2 => K::tile::<$r, 2>(x, i, w, j, y, k),
+                            _ => K::tile::<$r, 1>(x, i, w, j, y, k),
                         }
                     };
                 }
@@ -331,8 +338,7 @@ mod avx512 {
         i: usize,
         w: &[K::W],
         j: usize,
-        yt: &mut [f32],
-        m: usize,
+        y: Cols,
         k: usize,
     ) {
         let xp = x.as_ptr().add(i * k);
@@ -341,6 +347,14 @@ mod avx512 {
         let full = k / K::STEP * K::STEP;
         let mut p = 0;
         while p < full {
+            if i == 0 {
+                // The next w rows, a step ahead: the first x rows meet each w row as it
+                // streams in from memory, the rest find it in cache (past the last row a
+                // prefetch of nothing, which never faults).
+                for c in 0..C {
+                    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((C + c) * k + p).cast());
+                }
+            }
             let wv: [K::WV; C] = std::array::from_fn(|c| K::load_w(wp.add(c * k + p)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let xv = K::load_x(xp.add(r * k + p));
@@ -361,7 +375,7 @@ mod avx512 {
         }
         for (r, a) in acc.iter().enumerate() {
             for (c, a) in a.iter().enumerate() {
-                yt[(j + c) * m + i + r] = _mm512_reduce_add_ps(*a);
+                *y.y.add((i + r) * y.n + y.first + j + c) = _mm512_reduce_add_ps(*a);
             }
         }
     }
@@ -404,11 +418,10 @@ mod avx512 {
             i: usize,
             w: &[W],
             j: usize,
-            yt: &mut [f32],
-            m: usize,
+            y: Cols,
             k: usize,
         ) {
-            tile::<Self, R, C>(x, i, w, j, yt, m, k)
+            tile::<Self, R, C>(x, i, w, j, y, k)
         }
     }
 
@@ -454,11 +467,10 @@ mod avx512 {
             i: usize,
             w: &[half::bf16],
             j: usize,
-            yt: &mut [f32],
-            m: usize,
+            y: Cols,
             k: usize,
         ) {
-            tile::<Self, R, C>(x, i, w, j, yt, m, k)
+            tile::<Self, R, C>(x, i, w, j, y, k)
         }
     }
 
@@ -537,8 +549,13 @@ mod tests {
         }
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1., (300, 200), &dev).unwrap();
-        let x = Tensor::randn(0f32, 1., (11, 200), &dev).unwrap();
-        for w in [w.clone(), to_bf16(&w).unwrap()] {
+        // Where prompt passes run in bf16, a long one's rows go in several pieces.
+        let long = match prefill_in_bf16() {
+            true => 2 * MAX_ROWS + 11,
+            false => 11,
+        };
+        for (w, m) in [(w.clone(), 11), (to_bf16(&w).unwrap(), long)] {
+            let x = Tensor::randn(0f32, 1., (m, 200), &dev).unwrap();
             let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
             for (i, row) in all.iter().enumerate() {
                 let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w)
@@ -603,10 +620,10 @@ mod tests {
             &Tensor::zeros((0, 16), DType::F32, &dev).unwrap(),
             &w
         ));
-        assert!(!usable(
-            &Tensor::zeros((MAX_ROWS + 1, 16), DType::F32, &dev).unwrap(),
-            &w
-        ));
+        let many = Tensor::zeros((MAX_ROWS + 1, 16), DType::F32, &dev).unwrap();
+        assert!(!usable(&many, &w));
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        assert_eq!(usable(&many, &wb), cpu_supported() && prefill_in_bf16());
         assert!(!usable(
             &Tensor::zeros((2, 16), DType::F64, &dev).unwrap(),
             &w

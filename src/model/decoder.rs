@@ -498,12 +498,13 @@ impl Model {
             mask: self.attention_mask(b, t, offset, key_mask.as_ref())?,
             grad: if grad { Grad::Graph } else { Grad::Off },
             // Decode steps (one new token a row) take the bf16 copies; prompt passes take them
-            // only on the AMX tiles, whose rows get the same bits in any batch. Elsewhere a
+            // only where bf16 pairs are multiplied (AVX-512 BF16, AMX), whose rows get the
+            // same bits in any batch and in any kernel. Elsewhere a
             // prompt's cache is computed in f32 whether its pass had few rows (the decode
             // kernel) or many (gemm), rather than in bf16 alone and in f32 in a batch.
             decode: cache
                 .as_ref()
-                .filter(|_| t == 1 || matvec::prefill_on_tiles())
+                .filter(|_| t == 1 || matvec::prefill_in_bf16())
                 .and_then(|c| c.weights.clone()),
         };
         self.run(ids, &pass, cache)

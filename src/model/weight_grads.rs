@@ -514,8 +514,8 @@ mod tests {
         let x = Var::randn(0f32, 1., (128, 256), &dev).unwrap();
         let w = Var::randn(0f32, 0.1, (192, 256), &dev).unwrap();
         let exact = projected(&x, &w, Products::F32);
-        let tiled = projected(&x, &w, Products::Bf16Tiles);
-        let on_tiles = crate::kernels::amx_gemm::fits(128, 192, 256);
+        let tiled = projected(&x, &w, Products::Bf16);
+        let on_tiles = crate::kernels::bf16_gemm::fits(128, 192, 256);
         for (name, e, t) in [
             ("y", &exact.0, &tiled.0),
             ("dx", &exact.1, &tiled.1),
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn the_gated_projection_is_swiglu_then_the_projection_bit_for_bit() {
         let dev = Device::Cpu;
-        for products in [Products::F32, Products::Bf16Tiles] {
+        for products in [Products::F32, Products::Bf16] {
             let gate = Var::randn(0f32, 2., (40, 96), &dev).unwrap();
             let up = Var::randn(0f32, 1., (40, 96), &dev).unwrap();
             let w = Var::randn(0f32, 0.1, (24, 96), &dev).unwrap();
@@ -596,7 +596,7 @@ mod tests {
         let w = Var::randn(0f32, 0.1, (24, 96), &dev).unwrap();
         let bias = Var::randn(0f32, 1., 24, &dev).unwrap();
         let residual = Var::randn(0f32, 1., (40, 24), &dev).unwrap();
-        for products in [Products::F32, Products::Bf16Tiles] {
+        for products in [Products::F32, Products::Bf16] {
             for (name, plus) in [("d bias", &bias), ("d residual", &residual)] {
                 let inputs = [("d x", &x), (name, plus)];
                 assert_fused_is_composed(&w, inputs, products, |sink, fused| match fused {

@@ -52,8 +52,9 @@ pub struct UpdateConfig {
     /// Weight of the entropy bonus (0 = off, as in AZR); the loss subtracts coef x mean entropy.
     pub entropy_coef: f64,
     /// The large matrix products of an f32 update multiply bf16 roundings of their operands
-    /// with f32 sums (bf16 autocast, as AZR's bf16 training does), on AMX tiles where the CPU
-    /// has them (the default); elsewhere, and with false, they stay exact f32. The weights,
+    /// with f32 sums (bf16 autocast, as AZR's bf16 training does), where the CPU multiplies
+    /// bf16 pairs (AMX tiles, AVX-512 BF16; the default); elsewhere, and with false, they stay
+    /// exact f32. The weights,
     /// gradients' sums and optimiser state stay f32 either way.
     pub bf16_products: bool,
 }
@@ -296,7 +297,7 @@ pub fn update(
         let mut grads: Option<GradStore> = None;
         // Matrices' gradients summed in place over the passes, where the device allows it.
         let products = match config.bf16_products {
-            true => Products::Bf16Tiles,
+            true => Products::Bf16,
             false => Products::F32,
         };
         let sinks = WeightGrads::new(&params, products)?;

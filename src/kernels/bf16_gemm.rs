@@ -1,18 +1,19 @@
-//! Training's large matrix products on Intel AMX: `dst (m, n) [+]= a (m, k) · b (k, n)` for
-//! f32 operands in any strides, multiplied as bf16 (rounded to nearest even) with f32 sums,
-//! as PyTorch's bf16 autocast multiplies. The policy update is bound by these products (the
+//! Training's large matrix products in bf16: `dst (m, n) [+]= a (m, k) · b (k, n)` for f32
+//! operands in any strides, multiplied as bf16 (rounded to nearest even) with f32 sums, as
+//! PyTorch's bf16 autocast multiplies. The policy update is bound by these products (the
 //! linear layers' forward, their input gradients and their weight gradients); f32 gemm runs
-//! them at ~0.3 TFLOP/s on two cores, the tiles several times faster.
+//! them at ~0.3 TFLOP/s on two cores, Intel's AMX tiles several times faster, and AVX-512
+//! BF16's `vdpbf16ps` (AMD Zen 4, Intel Cooper Lake) at twice f32's multiply-adds a cycle.
 //!
 //! Both operands are packed per call (about m k + k n roundings, small against the m n k
 //! products of the sizes that come here): `a` into 16 x 32 A tiles, `b` into the pair-
-//! interleaved B tiles. Each register block is 32 x 32 of the output (four sum tiles, two A
-//! and two B tiles per k block), and blocks are spread over threads in chunks that keep their
-//! tiles of `a` and `b` in L2.
+//! interleaved B tiles, a layout both instruction sets read as it is. Each register block is
+//! 32 x 32 of the output (four sum tiles, two A and two B tiles per k block), and blocks are
+//! spread over threads in chunks that keep their tiles of `a` and `b` in L2.
 
 use rayon::prelude::*;
 
-use super::amx::{supported, TileConfig, KB, TILE};
+use super::amx::{TileConfig, KB, TILE};
 use super::gemm::View;
 use super::matvec::round_bf16;
 use super::Out;
@@ -24,9 +25,14 @@ const CHUNK: usize = 4;
 /// Fewest multiply-adds a product needs to be worth packing for the tiles.
 const MIN_WORK: usize = 1 << 21;
 
-/// Whether a product of these sizes goes on tiles here.
+/// Whether a product of these sizes runs in bf16 here.
 pub fn fits(m: usize, n: usize, k: usize) -> bool {
     m * n * k >= MIN_WORK && supported()
+}
+
+/// Whether this CPU multiplies bf16 pairs: on AMX tiles or with AVX-512 BF16.
+pub fn supported() -> bool {
+    super::amx::supported() || super::matvec::bf16_dot_supported()
 }
 
 /// `dst = (read_dst ? dst : 0) + a · b` over the views (shapes checked by the caller).
@@ -72,7 +78,12 @@ pub unsafe fn product(
             };
             // SAFETY: the caller checked `supported`; the packed buffers hold every tile of
             // these blocks.
-            unsafe { tiles::blocks(&packed_a, &packed_b, kb, rows, cols, emit) };
+            unsafe {
+                match super::amx::supported() {
+                    true => tiles::blocks(&packed_a, &packed_b, kb, rows, cols, emit),
+                    false => dots::blocks(&packed_a, &packed_b, kb, rows, cols, emit),
+                }
+            };
         });
     SCRATCH.with(|s| {
         if let Ok(mut slot) = s.try_borrow_mut() {
@@ -310,6 +321,90 @@ mod simd {
     }
 }
 
+/// The register blocks with AVX-512 BF16, from the tiles' layout: a B-tile row is 16 columns'
+/// k pairs (one vector), an A-tile row's k pair is one broadcast, and `vdpbf16ps` adds their
+/// pair products into 16 column sums. Eight rows by two vectors of columns at a time keep 16
+/// sums in registers over all of k; each output is one sequential sum over k pairs.
+#[cfg(target_arch = "x86_64")]
+mod dots {
+    use super::{BLOCK, KB, TILE};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows of a block whose sums stay in registers together.
+    const ROWS: usize = 8;
+
+    #[repr(C, align(64))]
+    struct Sums([f32; BLOCK * BLOCK]);
+
+    /// As `tiles::blocks`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn blocks(
+        a: &[half::bf16],
+        b: &[u32],
+        kb: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        emit: impl Fn(usize, usize, &[f32]),
+    ) {
+        let mut sums = Sums([0.0; BLOCK * BLOCK]);
+        let (a_tile, b_tile) = (TILE * KB, TILE * TILE);
+        for j in cols {
+            let b0 = b.as_ptr().add(2 * j * kb * b_tile);
+            let b1 = b0.add(kb * b_tile);
+            for i in rows.clone() {
+                for r0 in (0..BLOCK).step_by(ROWS) {
+                    // Rows r0.. of the block: in A tile 2i + r0 / 16, from row r0 % 16.
+                    let a = a
+                        .as_ptr()
+                        .add((2 * i + r0 / TILE) * kb * a_tile + (r0 % TILE) * KB)
+                        .cast::<i32>();
+                    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                    for q in 0..kb {
+                        let (a, b0, b1) = (
+                            a.add(q * a_tile / 2),
+                            b0.add(q * b_tile),
+                            b1.add(q * b_tile),
+                        );
+                        for p in 0..KB / 2 {
+                            let v0: __m512bh =
+                                std::mem::transmute(_mm512_loadu_si512(b0.add(p * TILE).cast()));
+                            let v1: __m512bh =
+                                std::mem::transmute(_mm512_loadu_si512(b1.add(p * TILE).cast()));
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let pair: __m512bh =
+                                    std::mem::transmute(_mm512_set1_epi32(*a.add(r * KB / 2 + p)));
+                                acc[0] = _mm512_dpbf16_ps(acc[0], pair, v0);
+                                acc[1] = _mm512_dpbf16_ps(acc[1], pair, v1);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        let row = sums.0.as_mut_ptr().add((r0 + r) * BLOCK);
+                        _mm512_store_ps(row, acc[0]);
+                        _mm512_store_ps(row.add(TILE), acc[1]);
+                    }
+                }
+                emit(i, j, &sums.0);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod dots {
+    pub unsafe fn blocks(
+        _: &[half::bf16],
+        _: &[u32],
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: std::ops::Range<usize>,
+        _: impl Fn(usize, usize, &[f32]),
+    ) {
+        unreachable!("bf16 products are detected on x86_64 only")
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
     use super::{TileConfig, BLOCK, KB, TILE};
@@ -417,7 +512,9 @@ mod tests {
     #[test]
     fn tiles_match_the_exact_product_of_the_rounded_operands_in_any_layout() {
         if !supported() {
-            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            eprintln!(
+                "skipped: this CPU or OS multiplies no bf16 pairs (no AMX-BF16 or AVX-512 BF16)"
+            );
             return;
         }
         let dev = Device::Cpu;
@@ -490,7 +587,7 @@ mod tests {
             view(&a),
             &storage(&b),
             view(&b),
-            Products::Bf16Tiles,
+            Products::Bf16,
         )
         .unwrap();
         let (exact, tiled) = (
