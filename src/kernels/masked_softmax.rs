@@ -97,7 +97,10 @@ fn softmax(row: &mut [f32], mask: Option<&[f32]>) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for x in row.iter_mut() {
-        *x = (*x - max).exp();
+        // Below -104, exp is 0 in f32; libm's slow underflow path (half of a causal prompt
+        // pass's scores are masked) is skipped for the same bits.
+        let d = *x - max;
+        *x = if d < -104.0 { 0.0 } else { d.exp() };
         sum += *x;
     }
     row.iter_mut().for_each(|x| *x /= sum);
