@@ -78,12 +78,7 @@ pub unsafe fn product(
             };
             // SAFETY: the caller checked `supported`; the packed buffers hold every tile of
             // these blocks.
-            unsafe {
-                match super::amx::supported() {
-                    true => tiles::blocks(&packed_a, &packed_b, kb, rows, cols, emit),
-                    false => dots::blocks(&packed_a, &packed_b, kb, rows, cols, emit),
-                }
-            };
+            unsafe { blocks(&packed_a, &packed_b, kb, rows, cols, emit) };
         });
     SCRATCH.with(|s| {
         if let Ok(mut slot) = s.try_borrow_mut() {
@@ -337,7 +332,7 @@ mod dots {
     #[repr(C, align(64))]
     struct Sums([f32; BLOCK * BLOCK]);
 
-    /// As `tiles::blocks`.
+    /// [`super::blocks`] with AVX-512 BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn blocks(
         a: &[half::bf16],
@@ -391,20 +386,6 @@ mod dots {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-mod dots {
-    pub unsafe fn blocks(
-        _: &[half::bf16],
-        _: &[u32],
-        _: usize,
-        _: std::ops::Range<usize>,
-        _: std::ops::Range<usize>,
-        _: impl Fn(usize, usize, &[f32]),
-    ) {
-        unreachable!("bf16 products are detected on x86_64 only")
-    }
-}
-
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
     use super::{TileConfig, BLOCK, KB, TILE};
@@ -414,8 +395,7 @@ mod tiles {
     #[repr(C, align(64))]
     struct Sums([f32; BLOCK * BLOCK]);
 
-    /// The register blocks `rows` x `cols` (in blocks of 32), column block by column block,
-    /// each handed to `emit` as 32 x 32 sums (row-major).
+    /// [`super::blocks`] on AMX tiles.
     pub unsafe fn blocks(
         a: &[half::bf16],
         b: &[u32],
@@ -474,18 +454,38 @@ mod tiles {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-mod tiles {
-    pub unsafe fn blocks(
-        _: &[half::bf16],
-        _: &[u32],
-        _: usize,
-        _: std::ops::Range<usize>,
-        _: std::ops::Range<usize>,
-        _: impl Fn(usize, usize, &[f32]),
-    ) {
-        unreachable!("AMX is detected on x86_64 Linux only")
+/// The register blocks `rows` x `cols` (in blocks of 32), column block by column block, each
+/// handed to `emit` as 32 x 32 sums (row-major): on AMX tiles where the CPU has them, else
+/// with AVX-512 BF16.
+///
+/// # Safety
+/// [`supported`] must hold, and the packed buffers hold every tile of these blocks.
+#[cfg(target_arch = "x86_64")]
+unsafe fn blocks(
+    a: &[half::bf16],
+    b: &[u32],
+    kb: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    emit: impl Fn(usize, usize, &[f32]),
+) {
+    #[cfg(target_os = "linux")]
+    if super::amx::supported() {
+        return tiles::blocks(a, b, kb, rows, cols, emit);
     }
+    dots::blocks(a, b, kb, rows, cols, emit)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn blocks(
+    _: &[half::bf16],
+    _: &[u32],
+    _: usize,
+    _: std::ops::Range<usize>,
+    _: std::ops::Range<usize>,
+    _: impl Fn(usize, usize, &[f32]),
+) {
+    unreachable!("bf16 products are detected on x86_64 only")
 }
 
 #[cfg(test)]

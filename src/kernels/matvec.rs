@@ -30,7 +30,7 @@ pub fn usable(x: &Tensor, w: &Tensor) -> bool {
         && takes_rows(rows, w.dtype())
 }
 
-/// Whether the kernel takes `m` rows of x against a (n, k) weight of `dtype`.
+/// Whether the kernel takes `m` rows of x against a weight of `dtype`.
 fn takes_rows(m: usize, dtype: DType) -> bool {
     (1..=MAX_ROWS).contains(&m) || (dtype == DType::BF16 && m > 0 && prefill_in_bf16())
 }
@@ -191,8 +191,9 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
 
 /// `y (m, n) = x (m, k) · w (n, k)ᵀ` with kernel `K` over row blocks of `w` in parallel, each
 /// task writing its own columns of y. (Computed transposed, so that a task's part was one
-/// contiguous run, and turned after, the turn cost 15% of a batch-64 decode step and more
-/// than the product at the LM head's 151,936 columns.)
+/// contiguous run, and turned after, the turn and its buffer cost 15% of a batch-64 decode
+/// step, and at the LM head's 151,936 columns as much as the product: 79 ms at 32 rows,
+/// 41 ms written directly.)
 #[cfg(target_arch = "x86_64")]
 fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usize) -> Vec<f32> {
     let mut y = Vec::with_capacity(m * n);
