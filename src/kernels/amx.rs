@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::Out;
+use super::{Columns, Out};
 
 /// Rows of `w` and columns of `x` per tile.
 pub(super) const TILE: usize = 16;
@@ -71,7 +71,7 @@ pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize)
         let (packed, groups) = (pack(x, m, k), m.div_ceil(TILE));
         let out = Out(y.as_mut_ptr());
         w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
-            let y = Output {
+            let y = Columns {
                 y: out.get(),
                 n,
                 first: t * rows,
@@ -85,14 +85,7 @@ pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize)
     y
 }
 
-/// Where a task's sums go: columns `first..` of y (m, n), one per row of its part of `w`.
-struct Output {
-    y: *mut f32,
-    n: usize,
-    first: usize,
-}
-
-impl Output {
+impl Columns {
     /// Writes the tile `sums` (16 rows of w by 16 rows of x, x rows `group * 16..` of which
     /// `cols` are real) for w rows `row..row + 16` of this task: each x row's 16 sums are
     /// one contiguous run of y.
@@ -101,7 +94,7 @@ impl Output {
     /// The rows and columns must lie in y and belong to this task.
     unsafe fn put(&self, sums: &[f32; TILE * TILE], row: usize, group: usize, cols: usize) {
         for c in 0..cols {
-            let dst = self.y.add((group * TILE + c) * self.n + self.first + row);
+            let dst = self.at(group * TILE + c, row);
             for r in 0..TILE {
                 *dst.add(r) = sums[r * TILE + c];
             }
@@ -159,7 +152,7 @@ pub(super) unsafe fn zero_sums() {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
-    use super::{Output, TileConfig, GROUPS, KB, TILE};
+    use super::{Columns, TileConfig, GROUPS, KB, TILE};
     use std::arch::asm;
 
     /// The sums of `w`'s rows (a multiple of 16) with every row of x, into `y`: each 16-row
@@ -169,7 +162,7 @@ mod tiles {
         groups: usize,
         m: usize,
         w: &[half::bf16],
-        y: Output,
+        y: Columns,
         k: usize,
     ) {
         // Registers 0-3 the sums of the column groups, 4 a weight tile, 5 an x tile.
@@ -232,7 +225,7 @@ mod tiles {
         _: usize,
         _: usize,
         _: &[half::bf16],
-        _: super::Output,
+        _: super::Columns,
         _: usize,
     ) {
         unreachable!("AMX is detected on x86_64 Linux only")

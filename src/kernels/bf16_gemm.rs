@@ -20,6 +20,10 @@ use super::Out;
 
 /// Rows (and columns) of the output per register block.
 const BLOCK: usize = 2 * TILE;
+
+/// A register block's sums, row-major, aligned for whole-vector and tile stores.
+#[repr(C, align(64))]
+struct Sums([f32; BLOCK * BLOCK]);
 /// Register blocks per thread task, down and across.
 const CHUNK: usize = 4;
 /// Fewest multiply-adds a product needs to be worth packing for the tiles.
@@ -322,15 +326,12 @@ mod simd {
 /// sums in registers over all of k; each output is one sequential sum over k pairs.
 #[cfg(target_arch = "x86_64")]
 mod dots {
-    use super::{BLOCK, KB, TILE};
+    use super::{Sums, BLOCK, KB, TILE};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
     /// Rows of a block whose sums stay in registers together.
     const ROWS: usize = 8;
-
-    #[repr(C, align(64))]
-    struct Sums([f32; BLOCK * BLOCK]);
 
     /// [`super::blocks`] with AVX-512 BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -388,12 +389,9 @@ mod dots {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
-    use super::{TileConfig, BLOCK, KB, TILE};
+    use super::{Sums, TileConfig, BLOCK, KB, TILE};
     use std::arch::asm;
     use std::ops::Range;
-
-    #[repr(C, align(64))]
-    struct Sums([f32; BLOCK * BLOCK]);
 
     /// [`super::blocks`] on AMX tiles.
     pub unsafe fn blocks(

@@ -177,13 +177,7 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
             if on_tiles_here(m, n, k) {
                 return super::amx::product(&xb, m, w, n, k);
             }
-            // A prompt pass's rows go MAX_ROWS at a time, as a decode step's, so x's piece
-            // stays in L2 while the weights stream past it.
-            let mut y = Vec::with_capacity(m * n);
-            for x in xb.chunks(MAX_ROWS * k) {
-                y.extend(product::<avx512::Dot>(x, x.len() / k, w, n, k));
-            }
-            y
+            product::<avx512::Dot>(&xb, m, w, n, k)
         }
         false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
     }
@@ -193,30 +187,35 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
 /// task writing its own columns of y. (Computed transposed, so that a task's part was one
 /// contiguous run, and turned after, the turn and its buffer cost 15% of a batch-64 decode
 /// step, and at the LM head's 151,936 columns as much as the product: 79 ms at 32 rows,
-/// 41 ms written directly.)
+/// 41 ms written directly.) A prompt pass's rows go [`MAX_ROWS`] at a time, as a decode
+/// step's, so x's piece stays in L2 while the weights stream past it.
 #[cfg(target_arch = "x86_64")]
 fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usize) -> Vec<f32> {
-    let mut y = Vec::with_capacity(m * n);
-    let out = super::Out(y.as_mut_ptr());
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let rows = task_rows(n);
-    w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
-        let cols = avx512::Cols {
-            y: out.get(),
-            n,
-            first: t * rows,
-        };
-        // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs; `w` holds whole
-        // rows of length k, whose columns of y (from `first`) only this task writes, and y
-        // has room for all m n sums.
-        unsafe { avx512::block::<K>(x, m, w, cols, k) }
-    });
-    // SAFETY: the tasks' columns cover all n, each for all m rows.
+    for (piece, x) in x.chunks(MAX_ROWS * k).enumerate() {
+        // SAFETY: this piece's rows of y lie within the capacity.
+        let out = super::Out(unsafe { y.as_mut_ptr().add(piece * MAX_ROWS * n) });
+        w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
+            let cols = super::Columns {
+                y: out.get(),
+                n,
+                first: t * rows,
+            };
+            // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs; `w` holds
+            // whole rows of length k, whose columns of the piece's rows of y (from `first`)
+            // only this task writes.
+            unsafe { avx512::block::<K>(x, x.len() / k, w, cols, k) }
+        });
+    }
+    // SAFETY: the pieces cover all m rows, and each piece's tasks all n columns.
     unsafe { y.set_len(m * n) };
     y
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::super::Columns;
     use std::arch::x86_64::*;
     use std::marker::PhantomData;
 
@@ -277,7 +276,7 @@ mod avx512 {
             i: usize,
             w: &[Self::W],
             j: usize,
-            y: Cols,
+            y: Columns,
             k: usize,
         );
     }
@@ -289,18 +288,10 @@ mod avx512 {
     /// products) into f32 sums.
     pub struct Dot;
 
-    /// Where a task's sums go: columns `first..` of y (m, n), one per row of its part of `w`.
-    #[derive(Clone, Copy)]
-    pub struct Cols {
-        pub y: *mut f32,
-        pub n: usize,
-        pub first: usize,
-    }
-
     /// y (m, first..first + rows) = x (m, k) · w (rows, k)ᵀ, in tiles of up to 4 x-rows by 4
     /// w-rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn block<K: Kernel>(x: &[K::X], m: usize, w: &[K::W], y: Cols, k: usize) {
+    pub unsafe fn block<K: Kernel>(x: &[K::X], m: usize, w: &[K::W], y: Columns, k: usize) {
         let rows = w.len() / k;
         let mut j = 0;
         while j < rows {
@@ -339,7 +330,7 @@ mod avx512 {
         i: usize,
         w: &[K::W],
         j: usize,
-        y: Cols,
+        y: Columns,
         k: usize,
     ) {
         let xp = x.as_ptr().add(i * k);
@@ -376,7 +367,7 @@ mod avx512 {
         }
         for (r, a) in acc.iter().enumerate() {
             for (c, a) in a.iter().enumerate() {
-                *y.y.add((i + r) * y.n + y.first + j + c) = _mm512_reduce_add_ps(*a);
+                *y.at(i + r, j + c) = _mm512_reduce_add_ps(*a);
             }
         }
     }
@@ -419,7 +410,7 @@ mod avx512 {
             i: usize,
             w: &[W],
             j: usize,
-            y: Cols,
+            y: Columns,
             k: usize,
         ) {
             tile::<Self, R, C>(x, i, w, j, y, k)
@@ -468,7 +459,7 @@ mod avx512 {
             i: usize,
             w: &[half::bf16],
             j: usize,
-            y: Cols,
+            y: Columns,
             k: usize,
         ) {
             tile::<Self, R, C>(x, i, w, j, y, k)

@@ -27,6 +27,25 @@ impl Out {
     }
 }
 
+/// Where a task's sums go in a product `y (m, n) = x · wᵀ` split over row blocks of `w`:
+/// columns `first..` of y, one per row of the task's part of `w`, which only it writes.
+#[derive(Clone, Copy)]
+struct Columns {
+    y: *mut f32,
+    n: usize,
+    first: usize,
+}
+
+impl Columns {
+    /// Column `first + c` of y's row `i`.
+    ///
+    /// # Safety
+    /// The element must lie in y and belong to this task.
+    unsafe fn at(&self, i: usize, c: usize) -> *mut f32 {
+        self.y.add(i * self.n + self.first + c)
+    }
+}
+
 /// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

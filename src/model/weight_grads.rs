@@ -488,22 +488,28 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// A projection's output, input gradient and weight gradient under `products`.
-    fn projected(x: &Var, w: &Var, products: Products) -> (Tensor, Tensor, Tensor) {
-        let grads = WeightGrads::new(&[w], products).unwrap().unwrap();
-        let y = project(x.as_tensor(), w.as_tensor(), grads.sink(w).unwrap()).unwrap();
-        let weights = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
+    /// Backward from a sum of `y`'s elements weighted by sin(0), sin(1), ...: every element
+    /// gets its own output gradient.
+    fn weighted_sum_backward(y: &Tensor) -> candle_core::backprop::GradStore {
+        let weights = Tensor::arange(0f32, y.elem_count() as f32, y.device())
             .unwrap()
             .sin()
             .unwrap()
             .reshape(y.shape())
             .unwrap();
-        let store = (&y * weights)
+        (y * weights)
             .unwrap()
             .sum_all()
             .unwrap()
             .backward()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A projection's output, input gradient and weight gradient under `products`.
+    fn projected(x: &Var, w: &Var, products: Products) -> (Tensor, Tensor, Tensor) {
+        let grads = WeightGrads::new(&[w], products).unwrap().unwrap();
+        let y = project(x.as_tensor(), w.as_tensor(), grads.sink(w).unwrap()).unwrap();
+        let store = weighted_sum_backward(&y);
         let dx = store.get(x).unwrap().clone();
         (y, dx, grads.sinks[&w.id()].clone())
     }
@@ -550,18 +556,7 @@ mod tests {
         let run = |fused: bool| {
             let grads = WeightGrads::new(&[w], products).unwrap().unwrap();
             let y = op(grads.sink(w).unwrap(), fused);
-            let weights = Tensor::arange(0f32, y.elem_count() as f32, y.device())
-                .unwrap()
-                .cos()
-                .unwrap()
-                .reshape(y.shape())
-                .unwrap();
-            let store = (&y * weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let store = weighted_sum_backward(&y);
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut out = vec![("y", flat(&y))];
             out.extend(inputs.map(|(name, v)| (name, flat(store.get(v).unwrap()))));
