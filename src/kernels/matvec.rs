@@ -339,13 +339,14 @@ mod avx512 {
         let full = k / K::STEP * K::STEP;
         let mut p = 0;
         while p < full {
-            if i == 0 {
-                // The next w rows, a step ahead: the first x rows meet each w row as it
-                // streams in from memory, the rest find it in cache (past the last row a
-                // prefetch of nothing, which never faults).
-                for c in 0..C {
-                    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((C + c) * k + p).cast());
-                }
+            // The w rows two tiles ahead, into L2, in every pass over x's rows. L2 tracks
+            // more misses in flight than L1, whose few buffers the demand loads need; and
+            // with more than 4 x rows a prefetch in the first pass only left memory idle in
+            // the later ones. Decode step at batch 1 / 8 / 32: 52 / 77 / 168 ms with one
+            // tile ahead into L1 in the first pass, 42 / 48 / 143 ms so (BENCHMARKS.md).
+            // Past the last row a prefetch of nothing, which never faults.
+            for c in 0..C {
+                _mm_prefetch::<_MM_HINT_T1>(wp.wrapping_add((2 * C + c) * k + p).cast());
             }
             let wv: [K::WV; C] = std::array::from_fn(|c| K::load_w(wp.add(c * k + p)));
             for (r, a) in acc.iter_mut().enumerate() {
