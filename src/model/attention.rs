@@ -87,6 +87,11 @@ impl Blocks {
                 spans: vec![(0, rows, total)],
             });
         };
+        if t == 0 || rows % t != 0 || t > total {
+            candle_core::bail!(
+                "attention: a mask of {t} rows does not fit {rows} query rows and {total} keys"
+            );
+        }
         let offset = total - t;
         let spans = (0..t)
             .step_by(block)
