@@ -69,8 +69,7 @@ struct Blocks {
 }
 
 struct Block<'a> {
-    dims: &'a (usize, usize, usize, usize, usize),
-    total: usize,
+    of: &'a Blocks,
     start: usize,
     len: usize,
     seen: usize,
@@ -106,8 +105,7 @@ impl Blocks {
 
     fn iter(&self) -> impl Iterator<Item = Block<'_>> {
         self.spans.iter().map(move |&(start, len, seen)| Block {
-            dims: &self.dims,
-            total: self.total,
+            of: self,
             start,
             len,
             seen,
@@ -130,7 +128,7 @@ impl Blocks {
 impl Block<'_> {
     /// This block's rows of x (b, kv_heads, rep * t, d): (b, kv_heads, rep * len, d).
     fn rows(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, rep, t, d) = *self.dims;
+        let (b, h, rep, t, d) = self.of.dims;
         x.reshape((b, h, rep, t, d))?
             .narrow(3, self.start, self.len)?
             .reshape((b, h, rep * self.len, d))
@@ -152,7 +150,7 @@ impl Block<'_> {
 
     /// x (b, kv_heads, seen, d) with zero rows after it, to the keys' full length.
     fn widen(&self, x: &Tensor) -> Result<Tensor> {
-        x.pad_with_zeros(2, 0, self.total - self.seen)
+        x.pad_with_zeros(2, 0, self.of.total - self.seen)
     }
 }
 
