@@ -90,7 +90,7 @@ impl InplaceOp1 for MaskedSoftmax {
 
 /// One row, as candle's softmax computes it: the maximum, `exp(x - max)` (vectorised,
 /// within 2 ulp of libm's), their sequential sum, and each divided by it.
-fn softmax(row: &mut [f32], mask: Option<&[f32]>) {
+pub(super) fn softmax(row: &mut [f32], mask: Option<&[f32]>) {
     if let Some(mask) = mask {
         row.iter_mut().zip(mask).for_each(|(x, m)| *x += m);
     }

@@ -7,6 +7,7 @@
 
 pub(crate) mod amx;
 pub(crate) mod bf16_gemm;
+pub(crate) mod decode_attention;
 pub(crate) mod exp;
 pub(crate) mod gemm;
 pub(crate) mod masked_softmax;

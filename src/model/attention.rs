@@ -24,6 +24,9 @@ pub fn attend(
     grad: bool,
 ) -> Result<Tensor> {
     if !grad {
+        if let Some(out) = crate::kernels::decode_attention::attend(q, k, v, mask)? {
+            return Ok(out);
+        }
         return probabilities(q, k, mask)?.matmul(v);
     }
     let blocks = Blocks::of(q, k, mask, BLOCK)?;
