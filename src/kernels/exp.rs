@@ -14,6 +14,23 @@ pub fn shifted_in_place(xs: &mut [f32], shift: f32) {
     xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
 }
 
+/// [`shifted_in_place`] for f32, libm's scalar exp for f64: for ops generic over both.
+pub trait Exps: Sized {
+    fn exps(xs: &mut [Self], shift: Self);
+}
+
+impl Exps for f32 {
+    fn exps(xs: &mut [f32], shift: f32) {
+        shifted_in_place(xs, shift);
+    }
+}
+
+impl Exps for f64 {
+    fn exps(xs: &mut [f64], shift: f64) {
+        xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;

@@ -8,6 +8,8 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::exp::Exps;
+
 /// What [`fused`] computes for logits (n, vocab) at temperature t.
 pub struct HeadStats {
     /// log p(target) under softmax(logits / t): (n,).
@@ -63,24 +65,6 @@ fn tensors<T: WithDType>(
 }
 
 type Columns<T> = (Vec<T>, Vec<T>, Option<Vec<T>>);
-
-/// `x = exp(x - shift)` over a slice: vectorised for f32 ([`super::exp`], within 2 ulp of
-/// libm; libm's scalar `expf` over 151,936 logits a row was most of this op's time).
-trait Exps: Sized {
-    fn exps(xs: &mut [Self], shift: Self);
-}
-
-impl Exps for f32 {
-    fn exps(xs: &mut [f32], shift: f32) {
-        super::exp::shifted_in_place(xs, shift);
-    }
-}
-
-impl Exps for f64 {
-    fn exps(xs: &mut [f64], shift: f64) {
-        xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
-    }
-}
 
 fn rows<T: WithDType + Float + num_traits::NumAssign + Exps>(
     z: &[T],

@@ -8,6 +8,8 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result,
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::exp::Exps;
+
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
@@ -34,13 +36,15 @@ fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result
     }
 }
 
-fn silu_times<T: Float>(g: T, u: T) -> T {
-    g / (T::one() + (-g).exp()) * u
+/// sigmoid(g) of each element into `s`, its exps vectorised for f32 ([`Exps`]).
+fn sigmoid<T: Float + Exps>(g: &[T], s: &mut [T]) {
+    s.iter_mut().zip(g).for_each(|(s, &g)| *s = -g);
+    T::exps(s, T::zero());
+    s.iter_mut().for_each(|s| *s = T::one() / (T::one() + *s));
 }
 
-/// d/dg and d/du of silu(g) u, times the output's gradient d.
-fn gradients<T: Float>(g: T, u: T, d: T) -> (T, T) {
-    let s = T::one() / (T::one() + (-g).exp());
+/// d/dg and d/du of silu(g) u, times the output's gradient d, with s = sigmoid(g).
+fn gradients<T: Float>(g: T, s: T, u: T, d: T) -> (T, T) {
     (d * u * s * (T::one() + g * (T::one() - s)), d * g * s)
 }
 
@@ -58,19 +62,22 @@ impl CustomOp2 for SwiGlu {
         u: &CpuStorage,
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: candle_core::WithDType + Float>(
+        fn run<T: candle_core::WithDType + Float + Exps>(
             g: &CpuStorage,
             gl: &Layout,
             u: &CpuStorage,
             ul: &Layout,
         ) -> Result<CpuStorage> {
             let (g, u) = (slice::<T>(g, gl)?, slice::<T>(u, ul)?);
-            let out: Vec<T> = g
-                .par_iter()
-                .zip(u)
-                .with_min_len(CHUNK)
-                .map(|(&g, &u)| silu_times(g, u))
-                .collect();
+            let mut out = vec![T::zero(); g.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                .for_each(|(out, (g, u))| {
+                    sigmoid(g, out);
+                    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                        *o = g * *o * u;
+                    }
+                });
             Ok(T::to_cpu_storage_owned(out))
         }
         let out = match g {
@@ -119,7 +126,7 @@ impl CustomOp3 for SwiGluGrad {
         dl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         #[allow(clippy::too_many_arguments)]
-        fn run<T: candle_core::WithDType + Float>(
+        fn run<T: candle_core::WithDType + Float + Exps>(
             g: &CpuStorage,
             gl: &Layout,
             u: &CpuStorage,
@@ -145,13 +152,18 @@ impl CustomOp3 for SwiGluGrad {
                         .zip(u.par_chunks(CHUNK))
                         .zip(d.par_chunks(CHUNK)),
                 )
-                .for_each(|((dg, du), ((g, u), d))| {
-                    for i in 0..g.len() {
-                        let (a, b) = gradients(g[i], u[i], d[i]);
-                        dg[i].write(a);
-                        du[i].write(b);
-                    }
-                });
+                .for_each_init(
+                    || vec![T::zero(); CHUNK],
+                    |s, ((dg, du), ((g, u), d))| {
+                        let s = &mut s[..g.len()];
+                        sigmoid(g, s);
+                        for i in 0..g.len() {
+                            let (a, b) = gradients(g[i], s[i], u[i], d[i]);
+                            dg[i].write(a);
+                            du[i].write(b);
+                        }
+                    },
+                );
             // SAFETY: the loop above wrote all 2n elements.
             unsafe { out.set_len(2 * n) };
             Ok(T::to_cpu_storage_owned(out))
