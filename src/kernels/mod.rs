@@ -2,7 +2,8 @@
 //! CPU has them: `amx`), gemm-backed products that write or accumulate in place (`gemm`; the
 //! large f32 ones of training in bf16 when asked, on AMX tiles or with AVX-512 BF16:
 //! `bf16_gemm`), the LM head's fused softmax statistics (`softmax`), attention's masked
-//! softmax in place (`masked_softmax`, its exp vectorised: `exp`) and the MLP gate (`swiglu`). They know tensors and
+//! softmax in place (`masked_softmax`, its exp vectorised: `exp`), a decode step's attention over
+//! the KV cache (`decode_attention`) and the MLP gate (`swiglu`). They know tensors and
 //! storage, not the decoder.
 
 pub(crate) mod amx;

@@ -15,7 +15,8 @@ use super::ops::Precomputed;
 /// The rows of one attention call: q (b, kv_heads, rep * t, d), already scaled by 1/sqrt(d),
 /// the `rep` query heads of a kv head stacked as rows; k and v (b, kv_heads, T, d); mask
 /// broadcastable to (b, 1, t, T), additive, hiding at least every key after a row's own
-/// position T - t + i. Returns (b, kv_heads, rep * t, d).
+/// position T - t + i. Returns (b, kv_heads, rep * t, d). Without `grad`, a decode step's few
+/// query rows a kv head go to [`crate::kernels::decode_attention`].
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
