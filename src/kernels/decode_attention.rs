@@ -87,18 +87,24 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
                 rows,
                 total,
             };
-            // SAFETY: `supported` checked for AVX-512F.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                match d {
-                    64 => avx512::attend::<4>(&job, out),
-                    _ => avx512::attend::<8>(&job, out),
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("decode attention is AVX-512 only: {}", job.rows + out.len());
+            run(&job, out, d);
         });
     Tensor::from_vec(out, (b, heads, rows, d), q.device()).map(Some)
+}
+
+/// One job with head size d (64 or 128), on a CPU where [`supported`] holds.
+fn run(job: &Job, out: &mut [f32], d: usize) {
+    // SAFETY: `attend` comes here only where `supported` found AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match d {
+            64 => avx512::attend::<4>(job, out),
+            _ => avx512::attend::<8>(job, out),
+        }
+    }
+    // Elsewhere `supported` is false and nothing comes here.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (job, out, d);
 }
 
 fn supported() -> bool {
