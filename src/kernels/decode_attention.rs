@@ -38,16 +38,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         return Ok(None);
     }
     let mask_rows = match mask {
-        Some(m) => {
-            let (mb, one, t, mt) = m.dims4()?;
-            if !(mb == 1 || mb == b) || one != 1 || mt != total || t == 0 || rows % t != 0 {
-                candle_core::bail!(
-                    "decode attention: mask {:?} does not fit {rows} query rows and {total} keys",
-                    m.dims()
-                );
-            }
-            t
-        }
+        Some(m) => super::masked_softmax::mask_rows(m, b, rows, total)
+            .map_err(|e| e.context("decode attention"))?,
         None => 1,
     };
     let q = q.contiguous()?;

@@ -11,6 +11,11 @@ pub fn shifted_in_place(xs: &mut [f32], shift: f32) {
         unsafe { avx512::shifted_in_place(xs, shift) };
         return;
     }
+    scalar(xs, shift);
+}
+
+/// libm's exp, an element at a time.
+fn scalar<T: num_traits::Float>(xs: &mut [T], shift: T) {
     xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
 }
 
@@ -27,7 +32,7 @@ impl Exps for f32 {
 
 impl Exps for f64 {
     fn exps(xs: &mut [f64], shift: f64) {
-        xs.iter_mut().for_each(|x| *x = (*x - shift).exp());
+        scalar(xs, shift);
     }
 }
 

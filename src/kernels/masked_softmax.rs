@@ -20,19 +20,26 @@ pub fn in_place(scores: &Tensor, mask: Option<&Tensor>) -> Result<bool> {
     }
     let (b, _, rows, total) = scores.dims4()?;
     if let Some(m) = mask {
-        let (mb, one, t, mt) = m.dims4()?;
-        if !(mb == 1 || mb == b) || one != 1 || mt != total || t == 0 || rows % t != 0 {
-            candle_core::bail!(
-                "masked softmax: mask {:?} does not fit scores {:?}",
-                m.dims(),
-                scores.dims()
-            );
-        }
+        mask_rows(m, b, rows, total).map_err(|e| e.context("masked softmax"))?;
     }
     scores.inplace_op1(&MaskedSoftmax {
         mask: mask.cloned(),
     })?;
     Ok(true)
+}
+
+/// The rows t of an additive attention mask (1 or b, 1, t, T) for b batch rows of `rows` query
+/// rows a head (t divides them: row r takes mask row r % t) and T = `total` keys; an error when
+/// it does not fit them.
+pub(super) fn mask_rows(mask: &Tensor, b: usize, rows: usize, total: usize) -> Result<usize> {
+    let (mb, one, t, mt) = mask.dims4()?;
+    if !(mb == 1 || mb == b) || one != 1 || mt != total || t == 0 || !rows.is_multiple_of(t) {
+        candle_core::bail!(
+            "mask {:?} does not fit {b} batch rows of {rows} query rows and {total} keys",
+            mask.dims()
+        );
+    }
+    Ok(t)
 }
 
 /// `scores + mask` with candle's ops, for the tensors [`in_place`] leaves alone: the mask
