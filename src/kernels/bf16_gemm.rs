@@ -53,17 +53,83 @@ pub unsafe fn product(
     b: &[f32],
     bv: View,
 ) {
-    let (m, n, k) = (av.rows, bv.cols, av.cols);
+    let mut packed_b = take(&SCRATCH_B);
+    pack_b(
+        b,
+        bv,
+        2 * bv.cols.div_ceil(BLOCK),
+        bv.rows.div_ceil(KB),
+        &mut packed_b,
+    );
+    multiply(dst, dv, read_dst, a, av, &packed_b, bv.cols);
+    keep(&SCRATCH_B, packed_b);
+}
+
+/// `b (k, n)` as B tiles, packed once for products that multiply the same `b` again: the LM
+/// head (136 M values) takes three products per chunk of 128 positions, and packed per
+/// product it took as much time as they did.
+pub struct PackedB {
+    tiles: Vec<u32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl PackedB {
+    pub fn new(b: &[f32], bv: View) -> Self {
+        let mut tiles = Vec::new();
+        pack_b(
+            b,
+            bv,
+            2 * bv.cols.div_ceil(BLOCK),
+            bv.rows.div_ceil(KB),
+            &mut tiles,
+        );
+        Self {
+            tiles,
+            rows: bv.rows,
+            cols: bv.cols,
+        }
+    }
+
+    /// The shape of `b`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// [`product`] with `b` packed beforehand.
+///
+/// # Safety
+/// As [`product`]'s, with `av.cols` equal to `b`'s rows.
+pub unsafe fn product_packed(
+    dst: *mut f32,
+    dv: View,
+    read_dst: bool,
+    a: &[f32],
+    av: View,
+    b: &PackedB,
+) {
+    multiply(dst, dv, read_dst, a, av, &b.tiles, b.cols);
+}
+
+/// The product of `a` with B tiles of `n` columns.
+///
+/// # Safety
+/// As [`product`]'s.
+unsafe fn multiply(
+    dst: *mut f32,
+    dv: View,
+    read_dst: bool,
+    a: &[f32],
+    av: View,
+    packed_b: &[u32],
+    n: usize,
+) {
+    let (m, k) = (av.rows, av.cols);
     let kb = k.div_ceil(KB);
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
-    // This thread's packing buffers when free (a product nested in another gets its own).
-    let (mut packed_a, mut packed_b) = SCRATCH.with(|s| {
-        s.try_borrow_mut()
-            .map(|mut kept| std::mem::take(&mut *kept))
-            .unwrap_or_default()
-    });
+    let mut packed_a = take(&SCRATCH_A);
     pack_a(a, av, 2 * row_blocks, kb, &mut packed_a);
-    pack_b(b, bv, 2 * col_blocks, kb, &mut packed_b);
     let across = col_blocks.div_ceil(CHUNK);
     let out = Out(dst);
     (0..row_blocks.div_ceil(CHUNK) * across)
@@ -82,20 +148,37 @@ pub unsafe fn product(
             };
             // SAFETY: the caller checked `supported`; the packed buffers hold every tile of
             // these blocks.
-            unsafe { blocks(&packed_a, &packed_b, kb, rows, cols, emit) };
+            unsafe { blocks(&packed_a, packed_b, kb, rows, cols, emit) };
         });
-    SCRATCH.with(|s| {
-        if let Ok(mut slot) = s.try_borrow_mut() {
-            *slot = (packed_a, packed_b);
-        }
-    });
+    keep(&SCRATCH_A, packed_a);
 }
 
+type Scratch<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+
 thread_local! {
-    /// Packed operands kept between products: a fresh buffer of this size (the LM head packs
-    /// into 272 MB per chunk of positions) comes from the kernel page by page, each page
-    /// faulted and zeroed; a kept one is only zeroed by `resize`.
-    static SCRATCH: std::cell::RefCell<(Vec<half::bf16>, Vec<u32>)> = Default::default();
+    /// Packed operands kept between products: a fresh buffer of this size comes from the
+    /// kernel page by page, each page faulted and zeroed; a kept one is only zeroed by
+    /// `resize`.
+    static SCRATCH_A: std::cell::RefCell<Vec<half::bf16>> = Default::default();
+    static SCRATCH_B: std::cell::RefCell<Vec<u32>> = Default::default();
+}
+
+/// This thread's kept buffer, or a new one when it is in use (a product nested in another).
+fn take<T>(scratch: &'static Scratch<T>) -> Vec<T> {
+    scratch.with(|s| {
+        s.try_borrow_mut()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default()
+    })
+}
+
+/// Keeps `buffer` for this thread's next product.
+fn keep<T>(scratch: &'static Scratch<T>, buffer: Vec<T>) {
+    scratch.with(|s| {
+        if let Ok(mut slot) = s.try_borrow_mut() {
+            *slot = buffer;
+        }
+    });
 }
 
 /// Writes (or adds) `sums` into row `row` of `dv` from column `col`.
@@ -536,6 +619,11 @@ mod tests {
             let got = Tensor::from_vec(out.clone(), (m, n), &dev).unwrap();
             let diff = crate::kernels::max_abs_diff(&got, &want);
             assert!(diff < 1e-4 * (k as f32).sqrt(), "m={m} n={n} k={k}: {diff}");
+            // With b packed beforehand: the same bits.
+            let packed = PackedB::new(&bt, btv.t());
+            let mut again = vec![f32::NAN; m * n];
+            unsafe { product_packed(again.as_mut_ptr(), dv, false, &a, av, &packed) };
+            assert_eq!(again, out, "packed bᵀ, m={m} n={n} k={k}");
             // The same added into a transposed destination holding ones: (bt · aᵀ)ᵀ + 1.
             let mut dst = vec![1f32; n * m];
             let dt = View::of(Tensor::zeros((n, m), DType::F32, &dev).unwrap().layout())
@@ -556,6 +644,10 @@ mod tests {
             let (cv, dv2) = (view(&c).t(), view(&d));
             let mut out = vec![f32::NAN; m * n];
             unsafe { product(out.as_mut_ptr(), dv, false, &f32s(&c), cv, &f32s(&d), dv2) };
+            let packed = PackedB::new(&f32s(&d), dv2);
+            let mut again = vec![f32::NAN; m * n];
+            unsafe { product_packed(again.as_mut_ptr(), dv, false, &f32s(&c), cv, &packed) };
+            assert_eq!(again, out, "packed d, m={m} n={n} k={k}");
             let got = Tensor::from_vec(out, (m, n), &dev).unwrap();
             let diff = crate::kernels::max_abs_diff(&got, &want);
             assert!(

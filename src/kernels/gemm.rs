@@ -178,6 +178,38 @@ pub fn product(
     })
 }
 
+/// `a · b` into a new contiguous f32 storage, `b` packed beforehand as bf16 tiles: the
+/// product [`product`] runs with [`Products::Bf16`] where the tiles fit, bit for bit.
+pub fn product_packed(a: &CpuStorage, av: View, b: &bf16_gemm::PackedB) -> Result<CpuStorage> {
+    let CpuStorage::F32(a) = a else {
+        bail!("gemm product_packed: needs an f32 lhs, got {:?}", a.dtype());
+    };
+    let (k, n) = b.dims();
+    if av.cols != k {
+        bail!("gemm product_packed: cannot multiply {av:?} by packed ({k}, {n})");
+    }
+    if !bf16_gemm::supported() {
+        bail!("gemm product_packed: this CPU multiplies no bf16 pairs");
+    }
+    av.within(a.len())?;
+    let len = av.rows * n;
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: bf16 pairs are supported (checked); the product writes all `len` elements of
+    // the contiguous output (read_dst = false never reads them), which the capacity holds.
+    unsafe {
+        bf16_gemm::product_packed(
+            out.as_mut_ptr(),
+            View::contiguous(av.rows, n),
+            false,
+            a,
+            av,
+            b,
+        );
+        out.set_len(len);
+    }
+    Ok(CpuStorage::F32(out))
+}
+
 /// `dst += a · b`, in place, all three of one dtype (f32 or f64).
 pub fn add_product(
     dst: &mut CpuStorage,

@@ -261,7 +261,7 @@ fn chunk_scores(
     // bonus (the CPU's update), need only the softmax's fused statistics.
     if entropy != Entropy::WithGrad && (!tracked || sink.is_some()) {
         let targets = target.to_vec1()?;
-        if let Some(stats) = softmax::fused(&logits, &targets, t, false)? {
+        if let Some(stats) = softmax::fused(&logits, &targets, t)? {
             let value = match sink.filter(|_| tracked) {
                 Some(sink) => {
                     let c = Coefficients::LogProbs { targets, t };

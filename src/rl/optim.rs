@@ -7,6 +7,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::model::weight_grads::resident_zeros;
+use crate::model::WeightGrads;
+
 /// `[rl.optim]`
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +85,9 @@ pub struct AdamW {
     /// Updates taken so far.
     pub step: usize,
     pub config: OptimConfig,
+    /// The matrices' gradient accumulators of the last update, for the next one to reset and
+    /// reuse (as torch keeps a parameter's `.grad`); not part of a checkpoint.
+    pub accumulators: Option<WeightGrads>,
 }
 
 impl AdamW {
@@ -90,8 +96,8 @@ impl AdamW {
             .iter()
             .map(|p| {
                 Ok((
-                    p.zeros_like()?.to_dtype(DType::F32)?,
-                    p.zeros_like()?.to_dtype(DType::F32)?,
+                    resident_zeros(p, DType::F32)?,
+                    resident_zeros(p, DType::F32)?,
                 ))
             })
             .collect::<Result<_>>()?;
@@ -108,6 +114,7 @@ impl AdamW {
             masters,
             step: 0,
             config,
+            accumulators: None,
         })
     }
 

@@ -300,7 +300,10 @@ pub fn update(
             true => Products::Bf16,
             false => Products::F32,
         };
-        let sinks = WeightGrads::new(&params, products)?;
+        let sinks = match optimizer.accumulators.take() {
+            Some(kept) => Some(kept.reset(products)?),
+            None => WeightGrads::new(&params, products)?,
+        };
         let grad = sinks.as_ref().map_or(Grad::Graph, Grad::Into);
         let mut loss_sum = 0f64;
         for chunk in &passes {
@@ -372,10 +375,12 @@ pub fn update(
             Some(g) => g,
             None => zero_gradients(&params)?,
         };
-        if let Some(sinks) = sinks {
+        if let Some(sinks) = &sinks {
             sinks.add_to(&mut grads)?;
         }
         metrics.grad_norm = optimizer.step(&grads)?;
+        drop(grads);
+        optimizer.accumulators = sinks.map(WeightGrads::without_packs);
         tracing::debug!(rss_mb = crate::memory::rss_mb(), "optimizer step");
         metrics.loss = loss_sum;
     }
