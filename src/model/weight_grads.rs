@@ -106,13 +106,15 @@ impl WeightGrads {
     }
 }
 
-/// Zeros shaped like `like`, in `dtype`, written to memory now. Fresh zeros are calloc'd pages
-/// that the kernel maps to its shared zero page until written; a buffer read before its first
-/// write (an accumulator, an optimizer's moment) then takes a copy-on-write fault a page, each
-/// with a TLB shootdown of every thread (13% of an update on a 2-core VM).
+/// Zeros shaped like `like`, in `dtype`, written to memory now on the CPU. Fresh zeros are
+/// calloc'd pages that the kernel maps to its shared zero page until written; a buffer read
+/// before its first write (an accumulator, an optimizer's moment) then takes a copy-on-write
+/// fault a page, each with a TLB shootdown of every thread (13% of an update on a 2-core VM).
 pub fn resident_zeros(like: &Tensor, dtype: DType) -> Result<Tensor> {
     let zeros = Tensor::zeros(like.shape(), dtype, like.device())?;
-    zeros.zero_set()?;
+    if zeros.device().is_cpu() {
+        zeros.zero_set()?;
+    }
     Ok(zeros)
 }
 
