@@ -16,7 +16,8 @@ use super::ops::Precomputed;
 /// the `rep` query heads of a kv head stacked as rows; k and v (b, kv_heads, T, d); mask
 /// broadcastable to (b, 1, t, T), additive, hiding at least every key after a row's own
 /// position T - t + i. Returns (b, kv_heads, rep * t, d). Without `grad`, a decode step's few
-/// query rows a kv head go to [`crate::kernels::decode_attention`].
+/// query rows a kv head go to [`crate::kernels::decode_attention`], and a prompt pass's go
+/// block by block as training's do.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -28,23 +29,10 @@ pub fn attend(
         if let Some(out) = crate::kernels::decode_attention::attend(q, k, v, mask)? {
             return Ok(out);
         }
-        return probabilities(q, k, mask)?.matmul(v);
+        return blocked(q, k, v, mask);
     }
-    let blocks = Blocks::of(q, k, mask, BLOCK)?;
     let mask = mask.map(Tensor::detach);
-    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let outs = blocks
-        .iter()
-        .map(|b| {
-            let p = probabilities(
-                &b.rows(&qd)?,
-                &b.keys(&kd)?,
-                b.mask(mask.as_ref())?.as_ref(),
-            )?;
-            p.matmul(&b.keys(&vd)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let out = blocks.join(&outs)?;
+    let out = blocked(&q.detach(), &k.detach(), &v.detach(), mask.as_ref())?;
     q.apply_op3(
         k,
         v,
@@ -55,10 +43,23 @@ pub fn attend(
     )
 }
 
-/// Query positions per block in training's attention.
+/// The output without a graph, block by block of query positions.
+fn blocked(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let blocks = Blocks::of(q, k, mask, BLOCK)?;
+    let outs = blocks
+        .iter()
+        .map(|b| {
+            let p = probabilities(&b.rows(q)?, &b.keys(k)?, b.mask(mask)?.as_ref())?;
+            p.matmul(&b.keys(v)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    blocks.join(&outs)
+}
+
+/// Query positions per block of attention (prompt passes and training).
 const BLOCK: usize = 128;
 
-/// A training pass's query positions in blocks, each block meeting the keys up to its own
+/// A pass's query positions in blocks, each block meeting the keys up to its own
 /// last position only: the mask hides the rest of its scores, so about half of the pass's
 /// attention products (and of the scores held at once) are skipped. Every mask azr builds
 /// hides the keys after a row's position (causal, or packed completions that see their prompt
