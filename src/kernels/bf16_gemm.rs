@@ -54,13 +54,7 @@ pub unsafe fn product(
     bv: View,
 ) {
     let mut packed_b = take(&SCRATCH_B);
-    pack_b(
-        b,
-        bv,
-        2 * bv.cols.div_ceil(BLOCK),
-        bv.rows.div_ceil(KB),
-        &mut packed_b,
-    );
+    pack_b(b, bv, &mut packed_b);
     multiply(dst, dv, read_dst, a, av, &packed_b, bv.cols);
     keep(&SCRATCH_B, packed_b);
 }
@@ -77,13 +71,7 @@ pub struct PackedB {
 impl PackedB {
     pub fn new(b: &[f32], bv: View) -> Self {
         let mut tiles = Vec::new();
-        pack_b(
-            b,
-            bv,
-            2 * bv.cols.div_ceil(BLOCK),
-            bv.rows.div_ceil(KB),
-            &mut tiles,
-        );
+        pack_b(b, bv, &mut tiles);
         Self {
             tiles,
             rows: bv.rows,
@@ -271,7 +259,9 @@ fn pack_a(a: &[f32], av: View, blocks: usize, kb: usize, packed: &mut Vec<half::
 /// `b (k, n)` as B tiles: column block j, k block q is 16 rows (k pairs) of 16 columns at
 /// (j kb + q) 256, each a pair of bf16 k-values as one u32, zeros past the edges; k pair p
 /// of column c sits at p 16 + c of its column block.
-fn pack_b(b: &[f32], bv: View, blocks: usize, kb: usize, packed: &mut Vec<u32>) {
+fn pack_b(b: &[f32], bv: View, packed: &mut Vec<u32>) {
+    // Whole register blocks of columns (two tiles each), whole k blocks of rows.
+    let (blocks, kb) = (2 * bv.cols.div_ceil(BLOCK), bv.rows.div_ceil(KB));
     packed.clear();
     packed.resize(blocks * kb * TILE * TILE, 0);
     let pair =
