@@ -139,12 +139,18 @@ impl Element for f32 {
         b: &[f32],
         bv: View,
     ) -> bool {
-        let tiles = products == Products::Bf16 && bf16_gemm::fits(av.rows, bv.cols, av.cols);
+        let tiles = on_tiles(products, av.rows, bv.cols, av.cols);
         if tiles {
             bf16_gemm::product(dst, dv, read_dst, a, av, b, bv);
         }
         tiles
     }
+}
+
+/// Whether an f32 product of these sizes runs on the bf16 tiles under `products`: the one
+/// rule, so that a product of a packed operand ([`product_packed`]) gives the same bits.
+pub fn on_tiles(products: Products, m: usize, n: usize, k: usize) -> bool {
+    products == Products::Bf16 && bf16_gemm::fits(m, n, k)
 }
 
 /// `a · b` into a new contiguous (a.rows, b.cols) storage of their dtype (f32 or f64).

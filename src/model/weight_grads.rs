@@ -20,9 +20,9 @@ use candle_core::{
 };
 
 use super::ops::Precomputed;
-use crate::kernels::bf16_gemm::{self, PackedB};
+use crate::kernels::bf16_gemm::PackedB;
 pub use crate::kernels::gemm::Products;
-use crate::kernels::gemm::{add_product, product, product_packed, View};
+use crate::kernels::gemm::{add_product, on_tiles, product, product_packed, View};
 use crate::kernels::swiglu::{self, swiglu};
 
 /// One zeroed accumulator per matrix parameter, keyed by the parameter, and how the products
@@ -163,10 +163,9 @@ impl HeadTiles {
             Side::Plain => head.clone(),
         };
         let (k, n) = b.dims2()?;
-        let tiles = products == Products::Bf16
-            && [a.dtype(), b.dtype()] == [DType::F32; 2]
+        let tiles = [a.dtype(), b.dtype()] == [DType::F32; 2]
             && a.device().is_cpu()
-            && bf16_gemm::fits(a.dim(0)?, n, k);
+            && on_tiles(products, a.dim(0)?, n, k);
         if !tiles {
             return plain_product(a, &b, products);
         }
