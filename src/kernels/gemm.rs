@@ -162,16 +162,12 @@ pub fn product(
     products: Products,
 ) -> Result<CpuStorage> {
     fn new<T: Element>(a: &[T], av: View, b: &[T], bv: View, products: Products) -> Result<Vec<T>> {
-        let n = av.rows * bv.cols;
-        let mut out = Vec::with_capacity(n);
-        let dv = View::contiguous(av.rows, bv.cols);
-        // SAFETY: both kernels write all n elements (read_dst = false never reads them); the
-        // capacity holds them.
+        // SAFETY: with read_dst = false both kernels write every element and read none.
         unsafe {
-            run(out.as_mut_ptr(), n, dv, false, a, av, b, bv, products)?;
-            out.set_len(n);
+            written(av.rows, bv.cols, |dst, dv| {
+                run(dst, dv.rows * dv.cols, dv, false, a, av, b, bv, products)
+            })
         }
-        Ok(out)
     }
     Ok(match (a, b) {
         (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(new(a, av, b, bv, products)?),
@@ -198,22 +194,32 @@ pub fn product_packed(a: &CpuStorage, av: View, b: &bf16_gemm::PackedB) -> Resul
         bail!("gemm product_packed: this CPU multiplies no bf16 pairs");
     }
     av.within(a.len())?;
-    let len = av.rows * n;
-    let mut out = Vec::with_capacity(len);
-    // SAFETY: bf16 pairs are supported (checked); the product writes all `len` elements of
-    // the contiguous output (read_dst = false never reads them), which the capacity holds.
-    unsafe {
-        bf16_gemm::product_packed(
-            out.as_mut_ptr(),
-            View::contiguous(av.rows, n),
-            false,
-            a,
-            av,
-            b,
-        );
-        out.set_len(len);
-    }
+    // SAFETY: bf16 pairs are supported (checked); with read_dst = false the product writes
+    // every element of its output and reads none.
+    let out = unsafe {
+        written(av.rows, n, |dst, dv| {
+            bf16_gemm::product_packed(dst, dv, false, a, av, b);
+            Ok(())
+        })?
+    };
     Ok(CpuStorage::F32(out))
+}
+
+/// A new contiguous (rows, cols) output, filled by `write` through a pointer and its view.
+///
+/// # Safety
+/// `write` must write every element and read none before writing it.
+unsafe fn written<T>(
+    rows: usize,
+    cols: usize,
+    write: impl FnOnce(*mut T, View) -> Result<()>,
+) -> Result<Vec<T>> {
+    let len = rows * cols;
+    let mut out = Vec::with_capacity(len);
+    write(out.as_mut_ptr(), View::contiguous(rows, cols))?;
+    // SAFETY: the capacity holds `len` elements, all written (the caller's promise).
+    out.set_len(len);
+    Ok(out)
 }
 
 /// `dst += a · b`, in place, all three of one dtype (f32 or f64).
