@@ -149,6 +149,50 @@ fn micro_batching_does_not_change_the_update() {
 }
 
 #[test]
+fn an_update_on_kept_accumulators_equals_one_on_fresh_ones() {
+    // Two updates in a row: the second on the accumulators the first left (reset), or on
+    // new ones. Left unzeroed, the first update's gradient would leak into the second.
+    let run = |drop_between: bool| {
+        let (model, mut optimizer) = policy(
+            Architecture::Llama,
+            true,
+            4,
+            DType::F64,
+            OptimConfig {
+                lr: 0.01,
+                ..Default::default()
+            },
+        );
+        let rollouts = fixed_rollouts();
+        let config = UpdateConfig {
+            temperature: SAMPLED_AT,
+            ..Default::default()
+        };
+        update(&model, &mut optimizer, &rollouts, &config).unwrap();
+        assert!(
+            optimizer.accumulators.is_some(),
+            "the update keeps its accumulators"
+        );
+        if drop_between {
+            optimizer.accumulators = None;
+        }
+        update(&model, &mut optimizer, &rollouts, &config).unwrap();
+        model
+            .named_vars()
+            .iter()
+            .map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(false), run(true));
+}
+
+#[test]
 fn passes_keep_a_prompts_completions_together_within_their_limits() {
     let rollout = |prompt: &[u32], n: usize| Rollout {
         prompt: prompt.to_vec(),
