@@ -5,15 +5,19 @@ mod cli;
 use clap::Parser;
 
 /// glibc hands freed blocks of over 128 KiB straight back to the kernel, and a training step
-/// frees and re-allocates gigabytes of activations per micro-batch, each page faulted in and
-/// zeroed anew. Serving blocks up to 32 MiB from the heap and never trimming it cuts the
-/// update's system time in half and its wall time by ~9% (BENCHMARKS.md, "Policy update").
+/// or a prompt pass frees and re-allocates gigabytes of activations, each page faulted in and
+/// zeroed anew. Every block is served from the heap (none mapped on its own: a prompt pass's
+/// products and the LM head's logits are 30-80 MB each), from one arena (passes run on rayon's
+/// workers, whose own arenas would map blocks over 64 MB apart again), and the heap is never
+/// trimmed on free: `azr bench generate` at 660-token prompts takes 1.4 M page faults instead
+/// of 7.9 M and prefills ~10% faster (BENCHMARKS.md, "Self-play: one default step").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 1 << 30);
     }
 }

@@ -16,6 +16,15 @@ pub(crate) mod matvec;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
 
+/// Runs `f` on one of rayon's workers while the calling thread waits. A pass makes hundreds
+/// of parallel products; started from outside the pool, each one wakes the workers and puts
+/// the caller to sleep until they finish (a futex wake and, on a VM, an interrupt to another
+/// core), while from inside it the worker takes its own share and the other steals the rest.
+/// Already on a worker, `f` just runs.
+pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// An output pointer shared by parallel tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -63,4 +72,26 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn on_workers_runs_on_a_pool_worker_and_returns_what_it_computed() {
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "the test thread is no worker"
+        );
+        let (worker, sum) =
+            super::on_workers(|| (rayon::current_thread_index(), (1..=4).sum::<i32>()));
+        assert!(worker.is_some());
+        assert_eq!(sum, 10);
+        // From a worker, it runs in place.
+        let nested = super::on_workers(|| {
+            let here = rayon::current_thread_index();
+            super::on_workers(|| rayon::current_thread_index() == here)
+        });
+        assert!(nested);
+    }
 }

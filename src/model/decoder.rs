@@ -541,7 +541,18 @@ impl Model {
         Ok((at(&self.cos)?, at(&self.sin)?))
     }
 
+    /// The layers on a pool worker ([`crate::kernels::on_workers`]), so that their parallel
+    /// products start from inside the pool.
     fn run(
+        &self,
+        ids: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        crate::kernels::on_workers(|| self.layers(ids, pass, cache))
+    }
+
+    fn layers(
         &self,
         ids: &Tensor,
         pass: &Pass,
