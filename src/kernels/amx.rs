@@ -29,7 +29,8 @@ const GROUPS: usize = 4;
 /// Rows of `x` packed and multiplied together.
 const PIECE: usize = 128;
 
-/// Whether this CPU has AMX-BF16 and this process may use the tile registers.
+/// Whether this CPU has AMX-BF16 and this process may use the tile registers (and AVX-512
+/// BF16, which every AMX CPU has and the packing rounds with).
 pub fn supported() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
@@ -41,6 +42,7 @@ pub fn supported() -> bool {
             const XFEATURE_XTILEDATA: libc::c_long = 18;
             edx & (1 << 22) != 0
                 && edx & (1 << 24) != 0
+                && super::matvec::bf16_dot_supported()
                 // SAFETY: a plain syscall; it only changes which xsave features this process may use.
                 && unsafe {
                     libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
@@ -58,18 +60,21 @@ pub fn fits(m: usize, n: usize, k: usize) -> bool {
     m > 0 && n.is_multiple_of(TILE) && k.is_multiple_of(KB) && k > 0
 }
 
-/// `x (m, k) · w (n, k)ᵀ -> (m, n)`, both bf16. Callers check [`supported`] and [`fits`].
-pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+/// `x (m, k) · w (n, k)ᵀ -> (m, n)`, x rounded to bf16 (nearest even) on the way in, w bf16.
+/// Callers check [`supported`] and [`fits`].
+pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
     assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
-    let mut y = vec![0f32; m * n];
+    let packed = pack(x, m, k);
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let rows = (n / TILE).div_ceil(rayon::current_num_threads() * 4) * TILE;
     // A prompt pass's rows go in pieces whose packed tiles stay in L2 (the weights are
     // streamed once a piece): with all of a long prompt's rows at once, every weight block
     // re-read megabytes of x from memory.
-    for (x, y) in x.chunks(PIECE * k).zip(y.chunks_mut(PIECE * n)) {
-        let m = x.len() / k;
-        let (packed, groups) = (pack(x, m, k), m.div_ceil(TILE));
-        let out = Out(y.as_mut_ptr());
+    let piece_len = PIECE / TILE * (k / KB) * TILE * TILE;
+    for (p, packed) in packed.chunks(piece_len).enumerate() {
+        let m = (m - p * PIECE).min(PIECE);
+        // SAFETY: this piece's rows of y lie within the capacity.
+        let out = Out(unsafe { y.as_mut_ptr().add(p * PIECE * n) });
         w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
             let y = Columns {
                 y: out.get(),
@@ -78,10 +83,12 @@ pub fn product(x: &[half::bf16], m: usize, w: &[half::bf16], n: usize, k: usize)
             };
             // SAFETY: `supported` checked the CPU and got the OS's leave; `w` holds whole
             // 16-row blocks, whose columns of y (from `first`) only this task writes, and
-            // `packed` holds `groups` column groups.
-            unsafe { tiles::block(&packed, groups, m, w, y, k) }
+            // `packed` holds the piece's column groups.
+            unsafe { tiles::block(packed, m.div_ceil(TILE), m, w, y, k) }
         });
     }
+    // SAFETY: the pieces cover all m rows, and each piece's tasks all n columns.
+    unsafe { y.set_len(m * n) };
     y
 }
 
@@ -102,20 +109,52 @@ impl Columns {
     }
 }
 
-/// `x` as B tiles: for column group g and k block b, 16 rows (k pairs) of 16 columns (rows of
-/// `x`), each a pair of adjacent bf16 k-values read as one u32.
-fn pack(x: &[half::bf16], m: usize, k: usize) -> Vec<u32> {
-    let (pairs, blocks) = (k / 2, k / KB);
-    let mut packed = vec![0u32; m.div_ceil(TILE) * blocks * TILE * TILE];
-    for (i, row) in x.chunks_exact(k).enumerate() {
-        let (g, c) = (i / TILE, i % TILE);
-        for p in 0..pairs {
-            let pair = u32::from(row[2 * p].to_bits()) | u32::from(row[2 * p + 1].to_bits()) << 16;
-            let (b, r) = (p / TILE, p % TILE);
-            packed[((g * blocks + b) * TILE + r) * TILE + c] = pair;
+/// `x` rounded to bf16 and laid out as B tiles: for column group g and k block b, 16 rows (k
+/// pairs) of 16 columns (rows of `x`), each a pair of adjacent bf16 k-values read as one u32;
+/// zeros after the last row. Column groups are packed in parallel.
+fn pack(x: &[f32], m: usize, k: usize) -> Vec<u32> {
+    let group_len = k / KB * TILE * TILE;
+    let mut packed = vec![0u32; m.div_ceil(TILE) * group_len];
+    packed
+        .par_chunks_mut(group_len)
+        .zip(x.par_chunks(TILE * k))
+        // SAFETY: the caller checked AVX-512 BF16; each task gets whole rows of x and its own
+        // group of `packed`.
+        .for_each(|(dst, rows)| unsafe { pack::group(rows, k, dst) });
+    packed
+}
+
+#[cfg(target_arch = "x86_64")]
+mod pack {
+    use super::{KB, TILE};
+    use std::arch::x86_64::*;
+
+    /// One column group: up to 16 rows of x, each k block's 32 values rounded into 16 pairs
+    /// (`vcvtne2ps2bf16`, the rounding of [`crate::kernels::matvec::round_bf16`]) and
+    /// scattered down the group's column of that block's tile.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn group(rows: &[f32], k: usize, dst: &mut [u32]) {
+        let down = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(TILE as i32),
+        );
+        for (c, row) in rows.chunks_exact(k).enumerate() {
+            for (b, v) in row.chunks_exact(KB).enumerate() {
+                let lo = _mm512_loadu_ps(v.as_ptr());
+                let hi = _mm512_loadu_ps(v.as_ptr().add(16));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let at = dst.as_mut_ptr().add(b * TILE * TILE + c);
+                _mm512_i32scatter_epi32::<4>(at as *mut _, down, pairs);
+            }
         }
     }
-    packed
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod pack {
+    pub unsafe fn group(_: &[f32], _: usize, _: &mut [u32]) {
+        unreachable!("AMX is detected on x86_64 only")
+    }
 }
 
 /// A tile configuration (`ldtilecfg`'s 64 bytes): palette 1, the first `count` registers
@@ -246,6 +285,10 @@ mod tests {
             .unwrap()
     }
 
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     /// `t` rounded to bf16, in f32.
     fn rounded(t: &Tensor) -> Tensor {
         t.to_dtype(DType::BF16)
@@ -270,7 +313,7 @@ mod tests {
                 let xb = rounded(&x);
                 let want = xb.matmul(&wb.t().unwrap()).unwrap();
                 let got =
-                    Tensor::from_vec(product(&bf16(&x), m, &bf16(&w), n, k), (m, n), &dev).unwrap();
+                    Tensor::from_vec(product(&f32s(&x), m, &bf16(&w), n, k), (m, n), &dev).unwrap();
                 let diff = crate::kernels::max_abs_diff(&got, &want);
                 assert!(diff < 1e-3 * (k as f32).sqrt(), "m={m} n={n} k={k}: {diff}");
             }
@@ -286,7 +329,7 @@ mod tests {
         let dev = Device::Cpu;
         for (n, k) in [(64, 128), (192, 576), (576, 1536)] {
             let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
-            let x = bf16(&Tensor::randn(0f32, 1., (100, k), &dev).unwrap());
+            let x = f32s(&Tensor::randn(0f32, 1., (100, k), &dev).unwrap());
             for m in [100, 64, 8, 3] {
                 let all = product(&x[..m * k], m, &w, n, k);
                 for i in 0..m {

@@ -169,14 +169,14 @@ pub(crate) fn bf16_dot_supported() -> bool {
 fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
     match bf16_dot_supported() {
         true => {
-            let mut xb = vec![half::bf16::ZERO; x.len()];
-            // SAFETY: AVX-512 BF16 was detected.
-            unsafe { avx512::round_bf16(x, &mut xb) };
             // The choice of kernel depends on the weight's shape, not on m: a row's bits stay
             // the same in any batch.
             if on_tiles_here(m, n, k) {
-                return super::amx::product(&xb, m, w, n, k);
+                return super::amx::product(x, m, w, n, k);
             }
+            let mut xb = vec![half::bf16::ZERO; x.len()];
+            // SAFETY: AVX-512 BF16 was detected.
+            unsafe { avx512::round_bf16(x, &mut xb) };
             product::<avx512::Dot>(&xb, m, w, n, k)
         }
         false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
