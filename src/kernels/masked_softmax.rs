@@ -95,13 +95,14 @@ impl InplaceOp1 for MaskedSoftmax {
     }
 }
 
-/// One row, as candle's softmax computes it: the maximum, `exp(x - max)` (vectorised,
-/// within 2 ulp of libm's), their sequential sum, and each divided by it.
+/// One row, as candle's softmax computes it: the maximum (in lanes, exact either way),
+/// `exp(x - max)` (vectorised, within 2 ulp of libm's), their sequential sum, and each
+/// divided by it.
 pub(super) fn softmax(row: &mut [f32], mask: Option<&[f32]>) {
     if let Some(mask) = mask {
         row.iter_mut().zip(mask).for_each(|(x, m)| *x += m);
     }
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = super::reduce::max(row);
     super::exp::shifted_in_place(row, max);
     // A sequential sum: masked keys add exact zeros wherever padding puts them.
     let sum: f32 = row.iter().sum();

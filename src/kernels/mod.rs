@@ -3,7 +3,7 @@
 //! large f32 ones of training in bf16 when asked, on AMX tiles or with AVX-512 BF16:
 //! `bf16_gemm`), the LM head's fused softmax statistics (`softmax`), attention's masked
 //! softmax in place (`masked_softmax`, its exp vectorised: `exp`), a decode step's attention over
-//! the KV cache (`decode_attention`) and the MLP gate (`swiglu`). They know tensors and
+//! the KV cache (`decode_attention`) and the MLP gate (`swiglu`), and max and sum reductions that vectorise (`reduce`). They know tensors and
 //! storage, not the decoder.
 
 pub(crate) mod amx;
@@ -13,6 +13,7 @@ pub(crate) mod exp;
 pub(crate) mod gemm;
 pub(crate) mod masked_softmax;
 pub(crate) mod matvec;
+pub(crate) mod reduce;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
 
