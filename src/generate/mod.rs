@@ -164,10 +164,9 @@ pub fn generate_batches(
     // The prompt of each cache row.
     let mut live = first;
     loop {
-        let logits_rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        sampled(logits_rows.len());
+        sampled(live.len());
         // The token each row feeds the next step; None once its completion has ended.
-        let mut next = rows.sample(&live, &logits_rows);
+        let mut next = rows.sample(&live, &logits.flatten_all()?.to_vec1()?);
         // Rows that finished take waiting prompts, whose first tokens are sampled from their
         // own prompt pass (one may end at once and free its row again).
         loop {
@@ -181,10 +180,9 @@ pub fn generate_batches(
             let new: Vec<usize> = waiting.drain(..free.len()).collect();
             let (fresh, fresh_logits) =
                 prefill(model, prompts, &new, pad, cache.empty_like(), &mut time)?;
-            let fresh_rows: Vec<Vec<f32>> = fresh_logits.to_vec2()?;
             sampled(new.len());
             cache.make_room(fresh.len())?;
-            let firsts = rows.sample(&new, &fresh_rows);
+            let firsts = rows.sample(&new, &fresh_logits.flatten_all()?.to_vec1()?);
             for (j, (&slot, &i)) in free.iter().zip(&new).enumerate() {
                 cache.splice(slot, &fresh, j)?;
                 live[slot] = i;
@@ -264,9 +262,9 @@ struct Rows<'a, F> {
 
 impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
     /// Samples the next token of completions `which` (distinct), completion `which[r]` from
-    /// `logits[r]`, the rows in parallel: for each, the token to feed the next step, or None
-    /// when the completion has ended with it.
-    fn sample(&mut self, which: &[usize], logits: &[Vec<f32>]) -> Vec<Option<u32>> {
+    /// row r of `logits` (one row a completion, one after another), the rows in parallel: for
+    /// each, the token to feed the next step, or None when the completion has ended with it.
+    fn sample(&mut self, which: &[usize], logits: &[f32]) -> Vec<Option<u32>> {
         let mut streams: Vec<Option<&mut StdRng>> = self.streams.iter_mut().map(Some).collect();
         let mine: Vec<&mut StdRng> = which
             .iter()
@@ -279,7 +277,7 @@ impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
         let sampling = self.sampling;
         let picks: Vec<(u32, f32)> = mine
             .into_par_iter()
-            .zip(logits)
+            .zip(logits.par_chunks((logits.len() / which.len().max(1)).max(1)))
             .map(|(rng, row)| sample::choose(row, sampling, rng))
             .collect();
         which
