@@ -66,21 +66,51 @@ pub fn bf16_weights_pay() -> bool {
 
 /// `w` rounded to bf16 (nearest even), in parallel with AVX-512 BF16 where the CPU has it.
 pub fn to_bf16(w: &Tensor) -> Result<Tensor> {
+    stacked_bf16(&[w])
+}
+
+/// Matrices of one width rounded to bf16 as [`to_bf16`] does, their rows stacked in order:
+/// (sum of rows, k).
+pub fn stacked_bf16(ws: &[&Tensor]) -> Result<Tensor> {
+    let rows = ws
+        .iter()
+        .map(|w| w.dims2().map(|d| d.0))
+        .sum::<Result<usize>>()?;
+    let k = ws
+        .first()
+        .map(|w| w.dims2())
+        .transpose()?
+        .map_or(0, |d| d.1);
+    if ws.iter().any(|w| w.dim(1).ok() != Some(k)) {
+        candle_core::bail!("stacked_bf16: matrices of different widths");
+    }
     #[cfg(target_arch = "x86_64")]
     if bf16_dot_supported() {
-        let (storage, layout) = w.storage_and_layout();
-        if let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            let mut out = vec![half::bf16::ZERO; b - a];
-            out.par_chunks_mut(1 << 16)
+        let mut out = vec![half::bf16::ZERO; rows * k];
+        let mut at = 0;
+        for w in ws {
+            let (storage, layout) = w.storage_and_layout();
+            let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                break;
+            };
+            out[at..at + b - a]
+                .par_chunks_mut(1 << 16)
                 .zip(values[a..b].par_chunks(1 << 16))
                 // SAFETY: AVX-512 BF16 was detected.
                 .for_each(|(o, v)| unsafe { avx512::round_bf16(v, o) });
-            return Tensor::from_vec(out, w.shape(), w.device());
+            at += b - a;
+        }
+        if at == rows * k {
+            return Tensor::from_vec(out, (rows, k), ws[0].device());
         }
     }
-    w.to_dtype(DType::BF16)
+    let copies = ws
+        .iter()
+        .map(|w| w.to_dtype(DType::BF16))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&copies, 0)
 }
 
 /// `out = x` rounded to bf16 (nearest even), with AVX-512 BF16 where the CPU has it.
@@ -603,6 +633,14 @@ mod tests {
             bits(&to_bf16(&w).unwrap()),
             bits(&w.to_dtype(DType::BF16).unwrap())
         );
+        // Stacked: the rows of each in order; widths must agree.
+        let v = Tensor::randn(0f32, 1., (5, 1000 + 7), &Device::Cpu).unwrap();
+        let both = Tensor::cat(&[&w, &v], 0)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        assert_eq!(bits(&stacked_bf16(&[&w, &v]).unwrap()), bits(&both));
+        assert!(stacked_bf16(&[&w, &v.narrow(1, 0, 1000).unwrap()]).is_err());
     }
 
     #[test]

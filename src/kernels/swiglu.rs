@@ -43,6 +43,44 @@ fn sigmoid<T: Float + Exps>(g: &[T], s: &mut [T]) {
     s.iter_mut().for_each(|s| *s = T::one() / (T::one() + *s));
 }
 
+/// `out = silu(g) ⊙ u`, element by element.
+fn gate_into<T: Float + Exps>(g: &[T], u: &[T], out: &mut [T]) {
+    sigmoid(g, out);
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = g * *o * u;
+    }
+}
+
+/// [`swiglu`] without grad of `y` (.., 2n) whose rows each hold g then u, as one product by
+/// the gate and up matrices stacked gives them: (.., n), the same bits as [`swiglu`] of the
+/// halves, without copying them apart first.
+pub fn halves(y: &Tensor) -> Result<Tensor> {
+    let width = y.dim(candle_core::D::Minus1)?;
+    let n = width / 2;
+    let mut dims = y.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    if width % 2 != 0 {
+        bail!("azr-swiglu: rows of odd width {width} do not split into gate and up");
+    }
+    let (storage, layout) = y.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) => {
+            let mut out = vec![0f32; (b - a) / 2];
+            out.par_chunks_mut(n.max(1))
+                .zip(values[a..b].par_chunks(width.max(1)))
+                .for_each(|(out, row)| gate_into(&row[..n], &row[n..], out));
+            Tensor::from_vec(out, dims, y.device())
+        }
+        _ => {
+            drop(storage);
+            let half = |at| y.narrow(candle_core::D::Minus1, at, n);
+            swiglu(&half(0)?, &half(n)?, false)
+        }
+    }
+}
+
 /// d/dg and d/du of silu(g) u, times the output's gradient d, with s = sigmoid(g).
 fn gradients<T: Float>(g: T, s: T, u: T, d: T) -> (T, T) {
     (d * u * s * (T::one() + g * (T::one() - s)), d * g * s)
@@ -72,12 +110,7 @@ impl CustomOp2 for SwiGlu {
             let mut out = vec![T::zero(); g.len()];
             out.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-                .for_each(|(out, (g, u))| {
-                    sigmoid(g, out);
-                    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                        *o = g * *o * u;
-                    }
-                });
+                .for_each(|(out, (g, u))| gate_into(g, u, out));
             Ok(T::to_cpu_storage_owned(out))
         }
         let out = match g {
@@ -182,6 +215,32 @@ impl CustomOp3 for SwiGluGrad {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn halves_give_the_bits_of_the_op_on_separate_gate_and_up() {
+        let dev = Device::Cpu;
+        let y = Tensor::randn(0f32, 2., (2, 3, 2 * 37), &dev).unwrap();
+        let want = swiglu(
+            &y.narrow(2, 0, 37).unwrap().contiguous().unwrap(),
+            &y.narrow(2, 37, 37).unwrap().contiguous().unwrap(),
+            false,
+        )
+        .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let got = halves(&y).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 37]);
+        assert_eq!(bits(&got), bits(&want));
+        // A view (not contiguous) and f64 take the composed way, with the same values.
+        let wide = Tensor::cat(&[&y, &y], 2)
+            .unwrap()
+            .narrow(2, 0, 2 * 37)
+            .unwrap();
+        assert_eq!(bits(&halves(&wide).unwrap()), bits(&want));
+        assert!(halves(&y.narrow(2, 0, 5).unwrap()).is_err(), "odd width");
+    }
 
     /// Values and both gradients match candle's composed silu(g) * u, in f64 and f32.
     #[test]

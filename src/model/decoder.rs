@@ -20,7 +20,7 @@ pub use super::kv_cache::KvCache;
 use super::weight_grads::{self, WeightGrads};
 use super::{attention, ops, ModelError};
 use crate::kernels::matvec;
-use crate::kernels::swiglu::swiglu;
+use crate::kernels::swiglu::{self, swiglu};
 
 /// A masked attention score: finite, so rows with every key masked (pads) stay NaN-free.
 pub const MASKED: f64 = -1e9;
@@ -101,19 +101,79 @@ fn product(
     grad: bool,
     decode: Option<&DecodeWeights>,
 ) -> candle_core::Result<Tensor> {
-    let copy = decode.map(|d| d.of(w)).filter(|_| !grad);
-    match copy.filter(|c| matvec::usable(x, c)) {
+    let copy = decode
+        .and_then(|d| d.of(w))
+        .filter(|(_, rows)| !grad && rows.len() == 1);
+    match copy.map(|(c, _)| c).filter(|c| matvec::usable(x, c)) {
         Some(copy) => matvec::matmul_nt(x, copy),
         None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w),
         None => x.matmul(&w.t()?),
     }
 }
 
+/// `x` (b, t, in) times the stacked copy of `linears` (which all read it) in one product:
+/// (b, t, sum of their outputs), no biases added. None where the pass has no such copy or the
+/// decode kernel does not take it; each linear's own forward is then the way.
+fn stacked_product(
+    linears: &[&Linear],
+    x: &Tensor,
+    pass: &Pass,
+) -> candle_core::Result<Option<Tensor>> {
+    let (b, t, n) = x.dims3()?;
+    let flat = x.reshape((b * t, n))?;
+    let stacked = pass
+        .decode
+        .as_deref()
+        .and_then(|d| d.of(&linears[0].weight));
+    match stacked.filter(|(w, rows)| {
+        !pass.grad.on() && rows.len() == linears.len() && matvec::usable(&flat, w)
+    }) {
+        Some((w, _)) => Ok(Some(matvec::matmul_nt(&flat, w)?.reshape((b, t, ()))?)),
+        None => Ok(None),
+    }
+}
+
+/// `x` through each of `linears` (which all read it): one stacked product split by columns,
+/// biases added, where [`stacked_product`] can, else each linear's forward.
+fn forward_shared(
+    linears: &[&Linear],
+    x: &Tensor,
+    pass: &Pass,
+) -> candle_core::Result<Vec<Tensor>> {
+    let Some(y) = stacked_product(linears, x, pass)? else {
+        return linears.iter().map(|l| l.forward(x, pass)).collect();
+    };
+    let mut at = 0;
+    linears
+        .iter()
+        .map(|l| {
+            let rows = l.weight.dim(0)?;
+            let part = y.narrow(2, at, rows)?;
+            at += rows;
+            match &l.bias {
+                Some(bias) => part.broadcast_add(bias.as_tensor()),
+                None => part.contiguous(),
+            }
+        })
+        .collect()
+}
+
 /// bf16 copies of the matrices a decode step multiplies (the linear layers and the LM head),
 /// for the decode kernel: half the bytes to stream per step, and on CPUs with AVX-512 BF16
 /// twice the products per instruction. Taken when a generation starts, because the optimiser
 /// updates the f32 weights in place: copies kept across updates would go stale.
-pub struct DecodeWeights(HashMap<TensorId, Tensor>);
+///
+/// Matrices that multiply the same input (q, k and v; gate and up) are copied stacked by
+/// rows, keyed by the first: one product for them packs the input once and splits the work
+/// once, where three or two did (a batch-32 decode step makes 120 products instead of 168).
+/// Each output element is the same sum either way.
+pub struct DecodeWeights(HashMap<TensorId, Stacked>);
+
+/// A copy of one or more matrices' rows, stacked, and how many rows each has.
+struct Stacked {
+    weight: Tensor,
+    rows: Vec<usize>,
+}
 
 impl DecodeWeights {
     /// Copies of `model`'s matrices, or None where the decode kernel cannot take them (no
@@ -123,19 +183,35 @@ impl DecodeWeights {
             return Ok(None);
         }
         let mut copies = HashMap::new();
-        let matrices = model
-            .blocks
-            .iter()
-            .flat_map(|b| b.linears().map(|(_, l)| l.weight.as_tensor()));
-        for w in matrices.chain([model.lm_head_weight()]) {
-            copies.insert(w.id(), matvec::to_bf16(w)?);
+        let mut stack = |linears: &[&Linear]| -> candle_core::Result<()> {
+            let ws: Vec<&Tensor> = linears.iter().map(|l| l.weight.as_tensor()).collect();
+            let rows = ws
+                .iter()
+                .map(|w| w.dim(0))
+                .collect::<candle_core::Result<_>>()?;
+            let weight = matvec::stacked_bf16(&ws)?;
+            copies.insert(ws[0].id(), Stacked { weight, rows });
+            Ok(())
+        };
+        for b in &model.blocks {
+            for group in b.inputs_shared() {
+                stack(&group)?;
+            }
         }
+        let head = model.lm_head_weight();
+        copies.insert(
+            head.id(),
+            Stacked {
+                weight: matvec::to_bf16(head)?,
+                rows: vec![head.dim(0)?],
+            },
+        );
         Ok(Some(Self(copies)))
     }
 
-    /// The copy of `w`, or `w` itself if it has none.
-    fn of<'a>(&'a self, w: &'a Tensor) -> &'a Tensor {
-        self.0.get(&w.id()).unwrap_or(w)
+    /// The copy that starts with `w`'s rows, and each stacked matrix's rows, if there is one.
+    fn of(&self, w: &Tensor) -> Option<(&Tensor, &[usize])> {
+        self.0.get(&w.id()).map(|s| (&s.weight, s.rows.as_slice()))
     }
 }
 
@@ -152,6 +228,16 @@ struct Block {
 }
 
 impl Block {
+    /// The linear layers, grouped by the input they read: q, k, v; o; gate, up; down.
+    fn inputs_shared(&self) -> [Vec<&Linear>; 4] {
+        [
+            vec![&self.q_proj, &self.k_proj, &self.v_proj],
+            vec![&self.o_proj],
+            vec![&self.gate_proj, &self.up_proj],
+            vec![&self.down_proj],
+        ]
+    }
+
     /// The linear layers with their HF names under `model.layers.{i}`.
     fn linears(&self) -> [(&'static str, &Linear); 7] {
         [
@@ -659,9 +745,16 @@ impl Model {
         let heads = self.attention(block, &h, pass, cache)?;
         let x = block.o_proj.forward_onto(&heads, Some(x), pass)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
-        let gate = block.gate_proj.forward(&h, pass)?;
-        let up = block.up_proj.forward(&h, pass)?;
-        x + block.down_proj.forward_gated(&gate, &up, pass)?
+        let gate_up = [&block.gate_proj, &block.up_proj];
+        let down = match stacked_product(&gate_up, &h, pass)? {
+            Some(y) => block.down_proj.forward(&swiglu::halves(&y)?, pass)?,
+            None => {
+                let gate = block.gate_proj.forward(&h, pass)?;
+                let up = block.up_proj.forward(&h, pass)?;
+                block.down_proj.forward_gated(&gate, &up, pass)?
+            }
+        };
+        x + down
     }
 
     /// Self-attention's heads, merged: (b, t, heads x head_dim), before `o_proj`.
@@ -684,9 +777,11 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = split(block.q_proj.forward(x, pass)?, heads)?;
-        let k = split(block.k_proj.forward(x, pass)?, kv_heads)?;
-        let v = split(block.v_proj.forward(x, pass)?, kv_heads)?.contiguous()?;
+        let projections = [&block.q_proj, &block.k_proj, &block.v_proj];
+        let [q, k, v] = parts(forward_shared(&projections, x, pass)?)?;
+        let q = split(q, heads)?;
+        let k = split(k, kv_heads)?;
+        let v = split(v, kv_heads)?.contiguous()?;
         let q = ops::rope(&q, cos, sin, grad)?;
         let k = ops::rope(&k, cos, sin, grad)?;
         let (k, v) = match cache {
@@ -701,6 +796,13 @@ impl Model {
         let out = attention::attend(&q, &k, &v, mask, grad)?.reshape((b, heads, t, d))?;
         out.transpose(1, 2)?.reshape((b, t, heads * d))
     }
+}
+
+/// The N outputs of [`forward_shared`] over N linears.
+fn parts<const N: usize>(outputs: Vec<Tensor>) -> candle_core::Result<[Tensor; N]> {
+    outputs
+        .try_into()
+        .map_err(|o: Vec<Tensor>| candle_core::Error::Msg(format!("{} outputs for {N}", o.len())))
 }
 
 /// cos and sin of every position and frequency: (max_positions, head_dim / 2).
