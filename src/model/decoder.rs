@@ -103,7 +103,7 @@ fn product(
 ) -> candle_core::Result<Tensor> {
     let copy = decode
         .and_then(|d| d.of(w))
-        .filter(|(_, rows)| !grad && rows.len() == 1);
+        .filter(|&(_, parts)| !grad && parts == 1);
     match copy.map(|(c, _)| c).filter(|c| matvec::usable(x, c)) {
         Some(copy) => matvec::matmul_nt(x, copy),
         None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w),
@@ -125,9 +125,9 @@ fn stacked_product(
         .decode
         .as_deref()
         .and_then(|d| d.of(&linears[0].weight));
-    match stacked.filter(|(w, rows)| {
-        !pass.grad.on() && rows.len() == linears.len() && matvec::usable(&flat, w)
-    }) {
+    match stacked
+        .filter(|&(w, parts)| !pass.grad.on() && parts == linears.len() && matvec::usable(&flat, w))
+    {
         Some((w, _)) => Ok(Some(matvec::matmul_nt(&flat, w)?.reshape((b, t, ()))?)),
         None => Ok(None),
     }
@@ -169,10 +169,10 @@ fn forward_shared(
 /// Each output element is the same sum either way.
 pub struct DecodeWeights(HashMap<TensorId, Stacked>);
 
-/// A copy of one or more matrices' rows, stacked, and how many rows each has.
+/// A copy of one or more matrices' rows, stacked, and how many matrices it holds.
 struct Stacked {
     weight: Tensor,
-    rows: Vec<usize>,
+    parts: usize,
 }
 
 impl DecodeWeights {
@@ -185,12 +185,14 @@ impl DecodeWeights {
         let mut copies = HashMap::new();
         let mut stack = |linears: &[&Linear]| -> candle_core::Result<()> {
             let ws: Vec<&Tensor> = linears.iter().map(|l| l.weight.as_tensor()).collect();
-            let rows = ws
-                .iter()
-                .map(|w| w.dim(0))
-                .collect::<candle_core::Result<_>>()?;
             let weight = matvec::stacked_bf16(&ws)?;
-            copies.insert(ws[0].id(), Stacked { weight, rows });
+            copies.insert(
+                ws[0].id(),
+                Stacked {
+                    weight,
+                    parts: ws.len(),
+                },
+            );
             Ok(())
         };
         for b in &model.blocks {
@@ -203,15 +205,15 @@ impl DecodeWeights {
             head.id(),
             Stacked {
                 weight: matvec::to_bf16(head)?,
-                rows: vec![head.dim(0)?],
+                parts: 1,
             },
         );
         Ok(Some(Self(copies)))
     }
 
-    /// The copy that starts with `w`'s rows, and each stacked matrix's rows, if there is one.
-    fn of(&self, w: &Tensor) -> Option<(&Tensor, &[usize])> {
-        self.0.get(&w.id()).map(|s| (&s.weight, s.rows.as_slice()))
+    /// The copy that starts with `w`'s rows and how many matrices it stacks, if there is one.
+    fn of(&self, w: &Tensor) -> Option<(&Tensor, usize)> {
+        self.0.get(&w.id()).map(|s| (&s.weight, s.parts))
     }
 }
 
@@ -778,7 +780,7 @@ impl Model {
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2);
         let projections = [&block.q_proj, &block.k_proj, &block.v_proj];
-        let [q, k, v] = parts(forward_shared(&projections, x, pass)?)?;
+        let [q, k, v] = as_array(forward_shared(&projections, x, pass)?)?;
         let q = split(q, heads)?;
         let k = split(k, kv_heads)?;
         let v = split(v, kv_heads)?.contiguous()?;
@@ -799,7 +801,7 @@ impl Model {
 }
 
 /// The N outputs of [`forward_shared`] over N linears.
-fn parts<const N: usize>(outputs: Vec<Tensor>) -> candle_core::Result<[Tensor; N]> {
+fn as_array<const N: usize>(outputs: Vec<Tensor>) -> candle_core::Result<[Tensor; N]> {
     outputs
         .try_into()
         .map_err(|o: Vec<Tensor>| candle_core::Error::Msg(format!("{} outputs for {N}", o.len())))
