@@ -10,7 +10,7 @@ use clap::Parser;
 /// products and the LM head's logits are 30-80 MB each), from one arena (passes run on rayon's
 /// workers, whose own arenas would map blocks over 64 MB apart again), and the heap is never
 /// trimmed on free: `azr bench generate` at 660-token prompts takes 1.4 M page faults instead
-/// of 7.9 M and prefills ~10% faster (BENCHMARKS.md, "Self-play: one default step").
+/// of 7.9 M and prefills ~10% faster (BENCHMARKS.md, "Generation", fourteenth session).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.

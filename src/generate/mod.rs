@@ -166,7 +166,7 @@ pub fn generate_batches(
     loop {
         sampled(live.len());
         // The token each row feeds the next step; None once its completion has ended.
-        let mut next = rows.sample(&live, &logits.flatten_all()?.to_vec1()?);
+        let mut next = rows.sample(&live, &logits)?;
         // Rows that finished take waiting prompts, whose first tokens are sampled from their
         // own prompt pass (one may end at once and free its row again).
         loop {
@@ -182,7 +182,7 @@ pub fn generate_batches(
                 prefill(model, prompts, &new, pad, cache.empty_like(), &mut time)?;
             sampled(new.len());
             cache.make_room(fresh.len())?;
-            let firsts = rows.sample(&new, &fresh_logits.flatten_all()?.to_vec1()?);
+            let firsts = rows.sample(&new, &fresh_logits)?;
             for (j, (&slot, &i)) in free.iter().zip(&new).enumerate() {
                 cache.splice(slot, &fresh, j)?;
                 live[slot] = i;
@@ -262,9 +262,16 @@ struct Rows<'a, F> {
 
 impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
     /// Samples the next token of completions `which` (distinct), completion `which[r]` from
-    /// row r of `logits` (one row a completion, one after another), the rows in parallel: for
-    /// each, the token to feed the next step, or None when the completion has ended with it.
-    fn sample(&mut self, which: &[usize], logits: &[f32]) -> Vec<Option<u32>> {
+    /// row r of `logits` (rows, vocab), the rows in parallel: for each, the token to feed the
+    /// next step, or None when the completion has ended with it.
+    fn sample(
+        &mut self,
+        which: &[usize],
+        logits: &Tensor,
+    ) -> candle_core::Result<Vec<Option<u32>>> {
+        let vocab = logits.dim(1)?;
+        // One copy of the whole batch's logits, read a row at a time.
+        let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let mut streams: Vec<Option<&mut StdRng>> = self.streams.iter_mut().map(Some).collect();
         let mine: Vec<&mut StdRng> = which
             .iter()
@@ -277,14 +284,14 @@ impl<F: FnMut(usize, &Generation)> Rows<'_, F> {
         let sampling = self.sampling;
         let picks: Vec<(u32, f32)> = mine
             .into_par_iter()
-            .zip(logits.par_chunks((logits.len() / which.len().max(1)).max(1)))
+            .zip(logits.par_chunks(vocab.max(1)))
             .map(|(rng, row)| sample::choose(row, sampling, rng))
             .collect();
-        which
+        Ok(which
             .iter()
             .zip(picks)
             .map(|(&i, (token, logprob))| self.accept(i, token, logprob))
-            .collect()
+            .collect())
     }
 
     /// Appends `token` to completion `i`: the token to feed the next step, or None when the

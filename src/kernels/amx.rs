@@ -106,11 +106,7 @@ impl Columns {
     #[target_feature(enable = "avx512f")]
     unsafe fn put(&self, sums: &[f32; TILE * TILE], row: usize, group: usize, cols: usize) {
         use std::arch::x86_64::*;
-        // Offsets of column 0's 16 elements, one tile row apart.
-        let down = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(TILE as i32),
-        );
+        let down = pack::down_a_column();
         for c in 0..cols {
             let column = _mm512_i32gather_ps::<4>(down, sums.as_ptr().add(c));
             _mm512_storeu_ps(self.at(group * TILE + c, row), column);
@@ -151,10 +147,7 @@ mod pack {
     /// scattered down the group's column of that block's tile.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn group(rows: &[f32], k: usize, dst: &mut [u32]) {
-        let down = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(TILE as i32),
-        );
+        let down = down_a_column();
         for (c, row) in rows.chunks_exact(k).enumerate() {
             for (b, v) in row.chunks_exact(KB).enumerate() {
                 let lo = _mm512_loadu_ps(v.as_ptr());
@@ -164,6 +157,17 @@ mod pack {
                 _mm512_i32scatter_epi32::<4>(at as *mut _, down, pairs);
             }
         }
+    }
+
+    /// Element offsets of one column of a 16 x 16 tile of 4-byte elements: 0, 16, .., 240,
+    /// for gathering or scattering a column in one instruction.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn down_a_column() -> __m512i {
+        _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(TILE as i32),
+        )
     }
 }
 

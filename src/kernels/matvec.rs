@@ -64,13 +64,8 @@ pub fn bf16_weights_pay() -> bool {
     cpu_supported()
 }
 
-/// `w` rounded to bf16 (nearest even), in parallel with AVX-512 BF16 where the CPU has it.
-pub fn to_bf16(w: &Tensor) -> Result<Tensor> {
-    stacked_bf16(&[w])
-}
-
-/// Matrices of one width rounded to bf16 as [`to_bf16`] does, their rows stacked in order:
-/// (sum of rows, k).
+/// Matrices of one width rounded to bf16 (nearest even), in parallel with AVX-512 BF16 where
+/// the CPU has it, their rows stacked in order: (sum of rows, k).
 pub fn stacked_bf16(ws: &[&Tensor]) -> Result<Tensor> {
     let rows = ws
         .iter()
@@ -577,7 +572,7 @@ mod tests {
             true => 2 * MAX_ROWS + 11,
             false => 11,
         };
-        for (w, m) in [(w.clone(), 11), (to_bf16(&w).unwrap(), long)] {
+        for (w, m) in [(w.clone(), 11), (stacked_bf16(&[&w]).unwrap(), long)] {
             let x = Tensor::randn(0f32, 1., (m, 200), &dev).unwrap();
             let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
             for (i, row) in all.iter().enumerate() {
@@ -630,7 +625,7 @@ mod tests {
         // Ragged length: the masked tail too; mixed magnitudes: the rounding, not the range.
         let w = (Tensor::randn(0f32, 1., (3, 1000 + 7), &Device::Cpu).unwrap() * 1e3).unwrap();
         assert_eq!(
-            bits(&to_bf16(&w).unwrap()),
+            bits(&stacked_bf16(&[&w]).unwrap()),
             bits(&w.to_dtype(DType::BF16).unwrap())
         );
         // Stacked: the rows of each in order; widths must agree.

@@ -3,8 +3,8 @@
 //! large f32 ones of training in bf16 when asked, on AMX tiles or with AVX-512 BF16:
 //! `bf16_gemm`), the LM head's fused softmax statistics (`softmax`), attention's masked
 //! softmax in place (`masked_softmax`, its exp vectorised: `exp`), a decode step's attention over
-//! the KV cache (`decode_attention`) and the MLP gate (`swiglu`), and max and sum reductions that vectorise (`reduce`). They know tensors and
-//! storage, not the decoder.
+//! the KV cache (`decode_attention`), the MLP gate (`swiglu`), and max and sums that vectorise
+//! (`reduce`). They know tensors and storage, not the decoder.
 
 pub(crate) mod amx;
 pub(crate) mod bf16_gemm;

@@ -1,7 +1,7 @@
 //! Reductions over a slice in independent lanes. A plain fold is one chain of dependent
 //! operations (4 cycles each) that the compiler may not reorder for floats; lanes make the
-//! order explicit, so it vectorises. Over a 151,936-token row of logits a serial max or sum
-//! took ~0.2 ms; inside a decode step's attention, a third of the softmax.
+//! order explicit, so it vectorises. Over a 151,936-token row of logits, sampling's serial
+//! max and sums were a 150,000-step chain each, part of its ~0.6 ms a row.
 
 use num_traits::Float;
 

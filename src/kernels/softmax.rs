@@ -85,7 +85,7 @@ fn rows<T: WithDType + Float + num_traits::NumAssign + Exps>(
 
 /// `row = exp(row / t - max)` in place, max over `row / t`, which it returns.
 fn shifted_exps<T: WithDType + Float + num_traits::NumAssign + Exps>(row: &mut [T], inv_t: T) -> T {
-    let max = row.iter().fold(T::neg_infinity(), |m, &x| Float::max(m, x)) * inv_t;
+    let max = super::reduce::max(row) * inv_t;
     row.iter_mut().for_each(|x| *x *= inv_t);
     T::exps(row, max);
     max

@@ -233,7 +233,7 @@ mod tests {
         let got = halves(&y).unwrap();
         assert_eq!(got.dims(), &[2, 3, 37]);
         assert_eq!(bits(&got), bits(&want));
-        // A view (not contiguous) and f64 take the composed way, with the same values.
+        // A view (not contiguous) takes the composed way, with the same bits.
         let wide = Tensor::cat(&[&y, &y], 2)
             .unwrap()
             .narrow(2, 0, 2 * 37)

@@ -183,31 +183,15 @@ impl DecodeWeights {
             return Ok(None);
         }
         let mut copies = HashMap::new();
-        let mut stack = |linears: &[&Linear]| -> candle_core::Result<()> {
-            let ws: Vec<&Tensor> = linears.iter().map(|l| l.weight.as_tensor()).collect();
+        let groups = model.blocks.iter().flat_map(|b| {
+            b.inputs_shared()
+                .map(|g| g.iter().map(|l| l.weight.as_tensor()).collect::<Vec<_>>())
+        });
+        for ws in groups.chain([vec![model.lm_head_weight()]]) {
             let weight = matvec::stacked_bf16(&ws)?;
-            copies.insert(
-                ws[0].id(),
-                Stacked {
-                    weight,
-                    parts: ws.len(),
-                },
-            );
-            Ok(())
-        };
-        for b in &model.blocks {
-            for group in b.inputs_shared() {
-                stack(&group)?;
-            }
+            let parts = ws.len();
+            copies.insert(ws[0].id(), Stacked { weight, parts });
         }
-        let head = model.lm_head_weight();
-        copies.insert(
-            head.id(),
-            Stacked {
-                weight: matvec::to_bf16(head)?,
-                parts: 1,
-            },
-        );
         Ok(Some(Self(copies)))
     }
 
