@@ -8,8 +8,9 @@
 //! straight from the HF layout (16 rows of `w`, 32 k-values each); `x` is packed once per call
 //! into the pair-interleaved layout the B tile wants, 16 rows per column group, zeros after
 //! the last row. Every output element is one sequential sum over k pairs whatever the other
-//! rows are, so a row's bits still do not depend on its batch. Past 64 rows the column groups
-//! go four at a time, each weight block read from memory once and from L2 after.
+//! rows are, so a row's bits still do not depend on its batch. Two weight blocks meet two
+//! column groups at a time (all eight tile registers); past 32 rows the weight blocks are
+//! read from memory once and from L2 after.
 //!
 //! Linux hands the tile registers to a process only on request (`arch_prctl`), made once in
 //! [`supported`]. Stable Rust has no AMX intrinsics; the five instructions are inline asm.
@@ -24,8 +25,8 @@ use super::{Columns, Out};
 pub(super) const TILE: usize = 16;
 /// k-values per tile: 16 rows of 64 bytes of bf16.
 pub(super) const KB: usize = 32;
-/// Column groups of `x` multiplied at a time (tile registers 0..4 hold their sums).
-const GROUPS: usize = 4;
+/// Most rows of `x` packed on the calling thread (a decode step's).
+const SERIAL_PACK: usize = 64;
 /// Rows of `x` packed and multiplied together.
 const PIECE: usize = 128;
 
@@ -95,10 +96,8 @@ pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec
 impl Columns {
     /// Writes the tile `sums` (16 rows of w by 16 rows of x, x rows `group * 16..` of which
     /// `cols` are real) for w rows `row..row + 16` of this task: each x row's 16 sums are
-    /// one contiguous run of y.
-    ///
-    /// Column c of the tile is gathered into one register and stored whole (element by
-    /// element, the 256 moves a tile were ~4% of a batch-32 decode step).
+    /// one contiguous run of y, a column of the tile (transposed in registers; a gather a
+    /// column was ~4% of a batch-32 decode step, element by element more).
     ///
     /// # Safety
     /// The rows and columns must lie in y and belong to this task, on a CPU with AVX-512F.
@@ -106,10 +105,10 @@ impl Columns {
     #[target_feature(enable = "avx512f")]
     unsafe fn put(&self, sums: &[f32; TILE * TILE], row: usize, group: usize, cols: usize) {
         use std::arch::x86_64::*;
-        let down = pack::down_a_column();
-        for c in 0..cols {
-            let column = _mm512_i32gather_ps::<4>(down, sums.as_ptr().add(c));
-            _mm512_storeu_ps(self.at(group * TILE + c, row), column);
+        let tile: [__m512i; TILE] =
+            std::array::from_fn(|i| _mm512_loadu_si512(sums.as_ptr().add(i * TILE) as *const _));
+        for (c, column) in pack::transpose(tile).iter().enumerate().take(cols) {
+            _mm512_storeu_si512(self.at(group * TILE + c, row) as *mut _, *column);
         }
     }
 }
@@ -120,20 +119,26 @@ impl Columns {
 /// step's few in place, where waking the other thread cost more than packing.
 fn pack(x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let group_len = k / KB * TILE * TILE;
-    let mut packed = vec![0u32; m.div_ceil(TILE) * group_len];
+    let len = m.div_ceil(TILE) * group_len;
+    let mut packed: Vec<u32> = Vec::with_capacity(len);
     // SAFETY: the caller checked AVX-512 BF16; each call gets whole rows of x and its own
-    // group of `packed`.
-    let group = |(dst, rows): (&mut [u32], &[f32])| unsafe { pack::group(rows, k, dst) };
-    match m <= GROUPS * TILE {
-        true => packed
+    // group of `packed`, all of which it writes.
+    let group = |(dst, rows): (&mut [std::mem::MaybeUninit<u32>], &[f32])| unsafe {
+        pack::group(rows, k, dst.as_mut_ptr().cast())
+    };
+    let spare = &mut packed.spare_capacity_mut()[..len];
+    match m <= SERIAL_PACK {
+        true => spare
             .chunks_mut(group_len)
             .zip(x.chunks(TILE * k))
             .for_each(group),
-        false => packed
+        false => spare
             .par_chunks_mut(group_len)
             .zip(x.par_chunks(TILE * k))
             .for_each(group),
     }
+    // SAFETY: every group wrote all of its tiles.
+    unsafe { packed.set_len(len) };
     packed
 }
 
@@ -143,37 +148,70 @@ mod pack {
     use std::arch::x86_64::*;
 
     /// One column group: up to 16 rows of x, each k block's 32 values rounded into 16 pairs
-    /// (`vcvtne2ps2bf16`, the rounding of [`crate::kernels::matvec::round_bf16`]) and
-    /// scattered down the group's column of that block's tile.
+    /// (`vcvtne2ps2bf16`, the rounding of [`crate::kernels::matvec::round_bf16`]), the 16
+    /// rows' pairs transposed into the block's tile, zeros for missing rows.
+    ///
+    /// # Safety
+    /// `dst` has room for the group's k / 32 tiles.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn group(rows: &[f32], k: usize, dst: &mut [u32]) {
-        let down = down_a_column();
-        for (c, row) in rows.chunks_exact(k).enumerate() {
-            for (b, v) in row.chunks_exact(KB).enumerate() {
-                let lo = _mm512_loadu_ps(v.as_ptr());
-                let hi = _mm512_loadu_ps(v.as_ptr().add(16));
-                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                let at = dst.as_mut_ptr().add(b * TILE * TILE + c);
-                _mm512_i32scatter_epi32::<4>(at as *mut _, down, pairs);
+    pub unsafe fn group(rows: &[f32], k: usize, dst: *mut u32) {
+        for b in 0..k / KB {
+            let mut pairs = [_mm512_setzero_si512(); TILE];
+            for (pair, row) in pairs.iter_mut().zip(rows.chunks_exact(k)) {
+                let v = row.as_ptr().add(b * KB);
+                let (lo, hi) = (_mm512_loadu_ps(v), _mm512_loadu_ps(v.add(16)));
+                *pair = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            }
+            for (r, tile_row) in transpose(pairs).iter().enumerate() {
+                _mm512_storeu_si512(dst.add((b * TILE + r) * TILE) as *mut _, *tile_row);
             }
         }
     }
 
-    /// Element offsets of one column of a 16 x 16 tile of 4-byte elements: 0, 16, .., 240,
-    /// for gathering or scattering a column in one instruction.
+    /// A 16 x 16 matrix of 32-bit elements transposed: row i of the result is column i of
+    /// `r`. 64 shuffles: pairs of elements, then pairs of pairs, then 128-bit quarters twice.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn down_a_column() -> __m512i {
-        _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(TILE as i32),
-        )
+    pub unsafe fn transpose(r: [__m512i; TILE]) -> [__m512i; TILE] {
+        // t[2i], t[2i + 1]: rows 2i and 2i + 1 interleaved, elements 0-1 and 2-3 of each quarter.
+        let t: [__m512i; TILE] = std::array::from_fn(|j| match j % 2 {
+            0 => _mm512_unpacklo_epi32(r[j], r[j + 1]),
+            _ => _mm512_unpackhi_epi32(r[j - 1], r[j]),
+        });
+        // u[4i + e]: rows 4i..4i + 4 of columns e, e + 4, e + 8, e + 12 (one per quarter).
+        let u: [__m512i; TILE] = std::array::from_fn(|j| {
+            let (base, e) = (j / 4 * 4, j % 4);
+            let (a, b) = (t[base + e / 2], t[base + 2 + e / 2]);
+            match e % 2 {
+                0 => _mm512_unpacklo_epi64(a, b),
+                _ => _mm512_unpackhi_epi64(a, b),
+            }
+        });
+        // v[4e + h]: quarters of rows 0-7 (h 0-1) or 8-15 (h 2-3) holding columns e and e + 8
+        // (h even) or e + 4 and e + 12 (h odd).
+        let v: [__m512i; TILE] = std::array::from_fn(|j| {
+            let (e, h) = (j / 4, j % 4);
+            let (a, b) = (u[8 * (h / 2) + e], u[8 * (h / 2) + 4 + e]);
+            match h % 2 {
+                0 => _mm512_shuffle_i32x4::<0x88>(a, b),
+                _ => _mm512_shuffle_i32x4::<0xdd>(a, b),
+            }
+        });
+        // Column c = e + 4 q: from v[4e + q % 2] (rows 0-7) and v[4e + 2 + q % 2] (rows 8-15).
+        std::array::from_fn(|c| {
+            let (e, q) = (c % 4, c / 4);
+            let (a, b) = (v[4 * e + q % 2], v[4 * e + 2 + q % 2]);
+            match q / 2 {
+                0 => _mm512_shuffle_i32x4::<0x88>(a, b),
+                _ => _mm512_shuffle_i32x4::<0xdd>(a, b),
+            }
+        })
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod pack {
-    pub unsafe fn group(_: &[f32], _: usize, _: &mut [u32]) {
+    pub unsafe fn group(_: &[f32], _: usize, _: *mut u32) {
         unreachable!("AMX is detected on x86_64 only")
     }
 }
@@ -212,11 +250,14 @@ pub(super) unsafe fn zero_sums() {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
-    use super::{Columns, TileConfig, GROUPS, KB, TILE};
+    use super::{Columns, TileConfig, KB, TILE};
     use std::arch::asm;
 
-    /// The sums of `w`'s rows (a multiple of 16) with every row of x, into `y`: each 16-row
-    /// weight block is streamed once, k block by k block, against every column group of x.
+    /// The sums of `w`'s rows (a multiple of 16) with every row of x, into `y`. Two 16-row
+    /// weight blocks meet two column groups of x at a time: each k block loads two weight
+    /// and two x tiles into registers of their own for four products, so a load need not
+    /// wait for the product before it to let go of its register. Past two column groups the
+    /// weight blocks, streamed from memory for the first two, come from L2.
     pub unsafe fn block(
         packed: &[u32],
         groups: usize,
@@ -225,78 +266,150 @@ mod tiles {
         y: Columns,
         k: usize,
     ) {
-        // Registers 0-3 the sums of the column groups, 4 a weight tile, 5 an x tile.
-        let cfg = TileConfig::new(6);
+        // Registers 0-3 the sums (2 r + g), 4-5 the x tiles, 6-7 the weight tiles.
+        let cfg = TileConfig::new(8);
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-        let blocks = k / KB;
-        let w_stride = k * 2;
+        let w_blocks = w.len() / (TILE * k);
         let mut sums = [0f32; TILE * TILE];
-        for jb in 0..w.len() / (TILE * k) {
-            let wp = w.as_ptr().add(jb * TILE * k);
-            // Four column groups at a time (one sum register each); the weight block, read
-            // from memory for the first four, comes from L2 for the rest.
-            for set in (0..groups).step_by(GROUPS) {
-                let here = (groups - set).min(GROUPS);
-                super::zero_sums();
-                for b in 0..blocks {
-                    if set == 0 {
-                        prefetch(wp, b + AHEAD, blocks, k, jb + 1 < w.len() / (TILE * k));
-                    }
-                    asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) wp.add(b * KB),
-                        s = in(reg) w_stride, options(nostack, readonly));
-                    for g in 0..here {
-                        let xp = packed.as_ptr().add(((set + g) * blocks + b) * TILE * TILE);
-                        asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) xp, s = in(reg) 64usize,
-                            options(nostack, readonly));
-                        match g {
-                            0 => asm!("tdpbf16ps tmm0, tmm4, tmm5", options(nostack, nomem)),
-                            1 => asm!("tdpbf16ps tmm1, tmm4, tmm5", options(nostack, nomem)),
-                            2 => asm!("tdpbf16ps tmm2, tmm4, tmm5", options(nostack, nomem)),
-                            _ => asm!("tdpbf16ps tmm3, tmm4, tmm5", options(nostack, nomem)),
-                        }
-                    }
+        for jb in (0..w_blocks).step_by(2) {
+            let rows = (w_blocks - jb).min(2);
+            let sweep = Sweep {
+                w: w.as_ptr().add(jb * TILE * k),
+                next_rows: (w_blocks - jb - rows).min(2) * TILE,
+                rows,
+                k,
+                blocks: k / KB,
+            };
+            for set in (0..groups).step_by(2) {
+                let x = packed.as_ptr().add(set * sweep.blocks * TILE * TILE);
+                let fetch = set == 0;
+                match (rows, (groups - set).min(2)) {
+                    (2, 2) => sweep.run::<2, 2>(x, fetch),
+                    (2, _) => sweep.run::<2, 1>(x, fetch),
+                    (_, 2) => sweep.run::<1, 2>(x, fetch),
+                    _ => sweep.run::<1, 1>(x, fetch),
                 }
-                for g in 0..here {
-                    let p = sums.as_mut_ptr();
-                    match g {
-                        0 => {
-                            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        1 => {
-                            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        2 => {
-                            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
-                        _ => {
-                            asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
-                        }
+                for r in 0..rows {
+                    for g in 0..(groups - set).min(2) {
+                        store(2 * r + g, &mut sums);
+                        let group = set + g;
+                        y.put(&sums, (jb + r) * TILE, group, (m - group * TILE).min(TILE));
                     }
-                    let group = set + g;
-                    y.put(&sums, jb * TILE, group, (m - group * TILE).min(TILE));
                 }
             }
         }
         asm!("tilerelease", options(nostack, nomem));
     }
 
+    /// One or two 16-row weight blocks and their k blocks.
+    struct Sweep {
+        w: *const half::bf16,
+        rows: usize,
+        /// Rows of the weight blocks after these (prefetched as this sweep ends).
+        next_rows: usize,
+        k: usize,
+        blocks: usize,
+    }
+
+    impl Sweep {
+        /// Sums R weight blocks against G column groups of packed x (from `x`) into registers
+        /// 2 r + g; with `fetch`, prefetching the weights for the first time through.
+        #[inline(always)]
+        unsafe fn run<const R: usize, const G: usize>(&self, x: *const u32, fetch: bool) {
+            super::zero_sums();
+            let group_len = self.blocks * TILE * TILE;
+            for b in 0..self.blocks {
+                if fetch {
+                    self.prefetch(b + AHEAD);
+                }
+                for g in 0..G {
+                    load_x(g, x.add(g * group_len + b * TILE * TILE));
+                }
+                for r in 0..R {
+                    load_w(r, self.w.add(r * TILE * self.k + b * KB), self.k * 2);
+                    for g in 0..G {
+                        dot(r, g);
+                    }
+                }
+            }
+        }
+
+        /// Prefetches k block `b` of these weight blocks into L1 (each row's 64 bytes), or,
+        /// past their last k block, the matching block of the ones after.
+        #[inline(always)]
+        unsafe fn prefetch(&self, b: usize) {
+            let (at, rows) = match b < self.blocks {
+                true => (self.w.add(b * KB), self.rows * TILE),
+                false => (
+                    self.w
+                        .add(self.rows * TILE * self.k + (b - self.blocks) * KB),
+                    self.next_rows,
+                ),
+            };
+            for r in 0..rows {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    at.add(r * self.k) as *const i8,
+                );
+            }
+        }
+    }
+
     /// k blocks of weights prefetched ahead of the one multiplied. The hardware's prefetchers
     /// alone left a batch-32 decode step ~10% slower; 16 ahead was slower again.
     const AHEAD: usize = 4;
 
-    /// Prefetches weight tile `b` of the block at `wp` into L1 (its 16 rows' 64 bytes), or,
-    /// past the block's last k block, the matching tile of the next block when there is one.
     #[inline(always)]
-    unsafe fn prefetch(wp: *const half::bf16, b: usize, blocks: usize, k: usize, next: bool) {
-        let at = match b < blocks {
-            true => wp.add(b * KB),
-            false if next => wp.add(TILE * k + (b - blocks) * KB),
-            false => return,
-        };
-        for r in 0..TILE {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                at.add(r * k) as *const i8
-            );
+    unsafe fn load_x(g: usize, p: *const u32) {
+        match g {
+            0 => {
+                asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly))
+            }
+            _ => {
+                asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly))
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_w(r: usize, p: *const half::bf16, stride: usize) {
+        match r {
+            0 => {
+                asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly))
+            }
+            _ => {
+                asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) p, s = in(reg) stride, options(nostack, readonly))
+            }
+        }
+    }
+
+    /// Sum register 2 r + g += weight tile r · x tile g.
+    #[inline(always)]
+    unsafe fn dot(r: usize, g: usize) {
+        match (r, g) {
+            (0, 0) => asm!("tdpbf16ps tmm0, tmm6, tmm4", options(nostack, nomem)),
+            (0, _) => asm!("tdpbf16ps tmm1, tmm6, tmm5", options(nostack, nomem)),
+            (_, 0) => asm!("tdpbf16ps tmm2, tmm7, tmm4", options(nostack, nomem)),
+            _ => asm!("tdpbf16ps tmm3, tmm7, tmm5", options(nostack, nomem)),
+        }
+    }
+
+    /// Sum register `t` (0-3) into `sums`, row-major.
+    #[inline(always)]
+    unsafe fn store(t: usize, sums: &mut [f32; TILE * TILE]) {
+        let p = sums.as_mut_ptr();
+        match t {
+            0 => {
+                asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            1 => {
+                asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            2 => {
+                asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
+            _ => {
+                asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) 64usize, options(nostack))
+            }
         }
     }
 }
@@ -380,6 +493,26 @@ mod tests {
                     let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k);
                     assert_eq!(one, all[i * n..(i + 1) * n], "row {i} of {m}, n={n} k={k}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<u32> = (0..256).collect();
+        // SAFETY: `supported` found AVX-512.
+        let t = unsafe {
+            let rows = std::array::from_fn(|i| _mm512_loadu_si512(m[i * 16..].as_ptr().cast()));
+            pack::transpose(rows).map(|r| std::mem::transmute::<__m512i, [u32; 16]>(r))
+        };
+        for (i, row) in t.iter().enumerate() {
+            for (j, &e) in row.iter().enumerate() {
+                assert_eq!(e, m[j * 16 + i], "element ({i}, {j})");
             }
         }
     }

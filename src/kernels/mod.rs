@@ -17,13 +17,50 @@ pub(crate) mod reduce;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// Runs `f` on one of rayon's workers while the calling thread waits. A pass makes hundreds
 /// of parallel products; started from outside the pool, each one wakes the workers and puts
 /// the caller to sleep until they finish (a futex wake and, on a VM, an interrupt to another
-/// core), while from inside it the worker takes its own share and the other steals the rest.
-/// Already on a worker, `f` just runs.
+/// core), while from inside it the worker takes its own share and the others steal the rest,
+/// [`poll`]ing for them until `f` is done. Already on a worker, `f` just runs.
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let stop = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let (origin, stop) = (rayon::current_thread_index(), &stop);
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(move |_| poll(stop, origin));
+        }
+        let _stop = Stop(stop);
+        f()
+    })
+}
+
+/// Takes the pool's tasks as they come until `stop`, never sleeping between them. A worker
+/// that finds no work for a while sleeps, and the next parallel product has to wake it (a
+/// futex and, on a VM, an interrupt): a batch-32 decode step switched threads ~300 times.
+/// Does nothing on `origin`, the worker running the caller's `f`, should it take this job.
+fn poll(stop: &AtomicBool, origin: Option<usize>) {
+    if rayon::current_thread_index() == origin {
+        return;
+    }
+    while !stop.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Sets its flag when dropped, so pollers stop even when `f` panics.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// An output pointer shared by parallel tasks that write disjoint parts of it.
