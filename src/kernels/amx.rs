@@ -25,8 +25,6 @@ use super::{Columns, Out};
 pub(super) const TILE: usize = 16;
 /// k-values per tile: 16 rows of 64 bytes of bf16.
 pub(super) const KB: usize = 32;
-/// Most rows of `x` packed on the calling thread (a decode step's).
-const SERIAL_PACK: usize = 64;
 /// Rows of `x` packed and multiplied together.
 const PIECE: usize = 128;
 
@@ -115,8 +113,8 @@ impl Columns {
 
 /// `x` rounded to bf16 and laid out as B tiles: for column group g and k block b, 16 rows (k
 /// pairs) of 16 columns (rows of `x`), each a pair of adjacent bf16 k-values read as one u32;
-/// zeros after the last row. A prompt pass's column groups are packed in parallel; a decode
-/// step's few in place, where waking the other thread cost more than packing.
+/// zeros after the last row. Column groups are packed in parallel (with the pool's workers
+/// polling, even a decode step's two gain from it).
 fn pack(x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let group_len = k / KB * TILE * TILE;
     let len = m.div_ceil(TILE) * group_len;
@@ -126,17 +124,10 @@ fn pack(x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let group = |(dst, rows): (&mut [std::mem::MaybeUninit<u32>], &[f32])| unsafe {
         pack::group(rows, k, dst.as_mut_ptr().cast())
     };
-    let spare = &mut packed.spare_capacity_mut()[..len];
-    match m <= SERIAL_PACK {
-        true => spare
-            .chunks_mut(group_len)
-            .zip(x.chunks(TILE * k))
-            .for_each(group),
-        false => spare
-            .par_chunks_mut(group_len)
-            .zip(x.par_chunks(TILE * k))
-            .for_each(group),
-    }
+    packed.spare_capacity_mut()[..len]
+        .par_chunks_mut(group_len)
+        .zip(x.par_chunks(TILE * k))
+        .for_each(group);
     // SAFETY: every group wrote all of its tiles.
     unsafe { packed.set_len(len) };
     packed
