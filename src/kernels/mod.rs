@@ -23,9 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// of parallel products; started from outside the pool, each one wakes the workers and puts
 /// the caller to sleep until they finish (a futex wake and, on a VM, an interrupt to another
 /// core), while from inside it the worker takes its own share and the others steal the rest,
-/// [`poll`]ing for them until `f` is done. Already on a worker, `f` just runs.
-pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
+/// [`poll`]ing for them until `f` is done. Already on a worker, or for a pass on another
+/// `device` (no CPU products to share, and pollers would only burn cores), `f` just runs.
+pub fn on_workers<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
     }
     let stop = AtomicBool::new(false);
@@ -121,14 +122,17 @@ mod tests {
             None,
             "the test thread is no worker"
         );
-        let (worker, sum) =
-            super::on_workers(|| (rayon::current_thread_index(), (1..=4).sum::<i32>()));
+        let (worker, sum) = super::on_workers(&candle_core::Device::Cpu, || {
+            (rayon::current_thread_index(), (1..=4).sum::<i32>())
+        });
         assert!(worker.is_some());
         assert_eq!(sum, 10);
         // From a worker, it runs in place.
-        let nested = super::on_workers(|| {
+        let nested = super::on_workers(&candle_core::Device::Cpu, || {
             let here = rayon::current_thread_index();
-            super::on_workers(|| rayon::current_thread_index() == here)
+            super::on_workers(&candle_core::Device::Cpu, || {
+                rayon::current_thread_index() == here
+            })
         });
         assert!(nested);
     }

@@ -621,7 +621,7 @@ impl Model {
         pass: &Pass,
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
-        crate::kernels::on_workers(|| self.layers(ids, pass, cache))
+        crate::kernels::on_workers(&self.device, || self.layers(ids, pass, cache))
     }
 
     fn layers(

@@ -357,7 +357,7 @@ pub fn update(
             loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             stats += s;
             // Backward per micro-batch frees its graph before the next forward.
-            let step_grads = crate::kernels::on_workers(|| loss.backward())?;
+            let step_grads = crate::kernels::on_workers(loss.device(), || loss.backward())?;
             match &mut grads {
                 Some(total) => crate::rl::optim::accumulate(total, &step_grads, &params)?,
                 None => grads = Some(step_grads),
