@@ -489,6 +489,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn transpose_swaps_rows_and_columns() {
         if !supported() {
             eprintln!("skipped: this CPU or OS offers no AMX-BF16");

@@ -136,4 +136,28 @@ mod tests {
         });
         assert!(nested);
     }
+
+    #[test]
+    fn the_other_workers_take_a_share_of_the_tasks_and_stop_polling_after() {
+        use rayon::prelude::*;
+        if rayon::current_num_threads() < 2 {
+            eprintln!("skipped: a pool of one worker has no one to share with");
+            return;
+        }
+        for _ in 0..3 {
+            let workers: std::collections::HashSet<Option<usize>> =
+                super::on_workers(&candle_core::Device::Cpu, || {
+                    (0..64)
+                        .into_par_iter()
+                        .map(|_| {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            rayon::current_thread_index()
+                        })
+                        .collect()
+                });
+            // Returning at all means the pollers saw the stop; tasks that sleep leave the
+            // calling worker no chance to take them all.
+            assert!(workers.len() > 1, "tasks ran on {workers:?} only");
+        }
+    }
 }
