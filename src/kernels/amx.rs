@@ -263,25 +263,26 @@ mod tiles {
         let w_blocks = w.len() / (TILE * k);
         let mut sums = [0f32; TILE * TILE];
         for jb in (0..w_blocks).step_by(2) {
-            let rows = (w_blocks - jb).min(2);
+            let here = (w_blocks - jb).min(2);
             let sweep = Sweep {
                 w: w.as_ptr().add(jb * TILE * k),
-                next_rows: (w_blocks - jb - rows).min(2) * TILE,
-                rows,
+                rows: here * TILE,
+                next_rows: (w_blocks - jb - here).min(2) * TILE,
                 k,
-                blocks: k / KB,
+                k_blocks: k / KB,
             };
             for set in (0..groups).step_by(2) {
-                let x = packed.as_ptr().add(set * sweep.blocks * TILE * TILE);
+                let x = packed.as_ptr().add(set * sweep.k_blocks * TILE * TILE);
                 let fetch = set == 0;
-                match (rows, (groups - set).min(2)) {
+                let pair = (groups - set).min(2);
+                match (here, pair) {
                     (2, 2) => sweep.run::<2, 2>(x, fetch),
                     (2, _) => sweep.run::<2, 1>(x, fetch),
                     (_, 2) => sweep.run::<1, 2>(x, fetch),
                     _ => sweep.run::<1, 1>(x, fetch),
                 }
-                for r in 0..rows {
-                    for g in 0..(groups - set).min(2) {
+                for r in 0..here {
+                    for g in 0..pair {
                         store(2 * r + g, &mut sums);
                         let group = set + g;
                         y.put(&sums, (jb + r) * TILE, group, (m - group * TILE).min(TILE));
@@ -295,11 +296,12 @@ mod tiles {
     /// One or two 16-row weight blocks and their k blocks.
     struct Sweep {
         w: *const half::bf16,
+        /// Rows of these weight blocks (16 or 32).
         rows: usize,
         /// Rows of the weight blocks after these (prefetched as this sweep ends).
         next_rows: usize,
         k: usize,
-        blocks: usize,
+        k_blocks: usize,
     }
 
     impl Sweep {
@@ -308,8 +310,8 @@ mod tiles {
         #[inline(always)]
         unsafe fn run<const R: usize, const G: usize>(&self, x: *const u32, fetch: bool) {
             super::zero_sums();
-            let group_len = self.blocks * TILE * TILE;
-            for b in 0..self.blocks {
+            let group_len = self.k_blocks * TILE * TILE;
+            for b in 0..self.k_blocks {
                 if fetch {
                     self.prefetch(b + AHEAD);
                 }
@@ -329,11 +331,10 @@ mod tiles {
         /// past their last k block, the matching block of the ones after.
         #[inline(always)]
         unsafe fn prefetch(&self, b: usize) {
-            let (at, rows) = match b < self.blocks {
-                true => (self.w.add(b * KB), self.rows * TILE),
+            let (at, rows) = match b < self.k_blocks {
+                true => (self.w.add(b * KB), self.rows),
                 false => (
-                    self.w
-                        .add(self.rows * TILE * self.k + (b - self.blocks) * KB),
+                    self.w.add(self.rows * self.k + (b - self.k_blocks) * KB),
                     self.next_rows,
                 ),
             };

@@ -138,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn the_other_workers_take_a_share_of_the_tasks_and_stop_polling_after() {
+    fn a_pass_shares_its_tasks_with_the_other_workers_and_ends() {
         use rayon::prelude::*;
         if rayon::current_num_threads() < 2 {
             eprintln!("skipped: a pool of one worker has no one to share with");
