@@ -65,7 +65,6 @@ pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec
     assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
     let packed = pack(x, m, k);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let rows = (n / TILE).div_ceil(rayon::current_num_threads() * 4) * TILE;
     // A prompt pass's rows go in pieces whose packed tiles stay in L2 (the weights are
     // streamed once a piece): with all of a long prompt's rows at once, every weight block
     // re-read megabytes of x from memory.
@@ -74,14 +73,16 @@ pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec
         let m = (m - p * PIECE).min(PIECE);
         // SAFETY: this piece's rows of y lie within the capacity.
         let out = Out(unsafe { y.as_mut_ptr().add(p * PIECE * n) });
-        w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
+        // Ranges of whole pairs of 16-row weight blocks.
+        super::for_each_range(n / TILE, 2, |blocks| {
             let y = Columns {
                 y: out.get(),
                 n,
-                first: t * rows,
+                first: blocks.start * TILE,
             };
+            let w = &w[blocks.start * TILE * k..blocks.end * TILE * k];
             // SAFETY: `supported` checked the CPU and got the OS's leave; `w` holds whole
-            // 16-row blocks, whose columns of y (from `first`) only this task writes, and
+            // 16-row blocks, whose columns of y (from `first`) only this range writes, and
             // `packed` holds the piece's column groups.
             unsafe { tiles::block(packed, m.div_ceil(TILE), m, w, y, k) }
         });

@@ -172,12 +172,6 @@ impl candle_core::CustomOp2 for MatVec {
     }
 }
 
-/// Output rows of `w` per task: a few per thread, in multiples of the 4-row tile.
-fn task_rows(n: usize) -> usize {
-    let per = n.div_ceil(rayon::current_num_threads() * 4);
-    per.next_multiple_of(4).max(16)
-}
-
 /// Whether this CPU has AVX-512 BF16, whose `vdpbf16ps` multiplies bf16 pairs: bf16 weights
 /// then meet `x` rounded to bf16 (as PyTorch's bf16 does), at twice the products per
 /// instruction of widening the weights to f32.
@@ -217,19 +211,20 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
 #[cfg(target_arch = "x86_64")]
 fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usize) -> Vec<f32> {
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let rows = task_rows(n);
     for (piece, x) in x.chunks(MAX_ROWS * k).enumerate() {
         // SAFETY: this piece's rows of y lie within the capacity.
         let out = super::Out(unsafe { y.as_mut_ptr().add(piece * MAX_ROWS * n) });
-        w.par_chunks(rows * k).enumerate().for_each(|(t, w)| {
+        // Ranges of w's rows in multiples of the 4-row tile.
+        super::for_each_range(n, 16, |rows| {
             let cols = super::Columns {
                 y: out.get(),
                 n,
-                first: t * rows,
+                first: rows.start,
             };
+            let w = &w[rows.start * k..rows.end * k];
             // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs; `w` holds
             // whole rows of length k, whose columns of the piece's rows of y (from `first`)
-            // only this task writes.
+            // only this range writes.
             unsafe { avx512::block::<K>(x, x.len() / k, w, cols, k) }
         });
     }

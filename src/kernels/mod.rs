@@ -17,7 +17,8 @@ pub(crate) mod reduce;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Runs `f` on one of rayon's workers while the calling thread waits. A pass makes hundreds
 /// of parallel products; started from outside the pool, each one wakes the workers and puts
@@ -62,6 +63,28 @@ impl Drop for Stop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
+}
+
+/// Calls `f` on ranges that cover `0..units` once, in parallel: each of the pool's threads
+/// claims the next range as it frees up, large ranges first and smaller ones (down to `min`
+/// units, the multiple every range but the last has) toward the end, so the threads finish a
+/// product together. With eight fixed ranges a thread sat idle at the end of most decode
+/// products, ~5% of a batch-32 step.
+pub(crate) fn for_each_range(units: usize, min: usize, f: impl Fn(Range<usize>) + Sync) {
+    let threads = rayon::current_num_threads();
+    let next = AtomicUsize::new(0);
+    let claim = |_| loop {
+        let left = units.saturating_sub(next.load(Ordering::Relaxed));
+        // Another thread may claim in between: the size is a guess, the claim is exact.
+        let size = (left / (2 * threads)).next_multiple_of(min).max(min);
+        let start = next.fetch_add(size, Ordering::Relaxed);
+        if start >= units {
+            return;
+        }
+        f(start..(start + size).min(units));
+    };
+    use rayon::prelude::*;
+    (0..threads).into_par_iter().for_each(claim);
 }
 
 /// An output pointer shared by parallel tasks that write disjoint parts of it.
@@ -158,6 +181,35 @@ mod tests {
             // Returning at all means the pollers saw the stop; tasks that sleep leave the
             // calling worker no chance to take them all.
             assert!(workers.len() > 1, "tasks ran on {workers:?} only");
+        }
+    }
+
+    #[test]
+    fn ranges_cover_every_unit_once_in_multiples_of_min_the_first_largest() {
+        for (units, min) in [
+            (0, 2),
+            (1, 2),
+            (7, 2),
+            (72, 2),
+            (9496, 2),
+            (4864, 16),
+            (30, 16),
+        ] {
+            let ranges = std::sync::Mutex::new(Vec::new());
+            super::for_each_range(units, min, |r| ranges.lock().unwrap().push(r));
+            let mut ranges = ranges.into_inner().unwrap();
+            ranges.sort_by_key(|r| r.start);
+            let mut at = 0;
+            for r in &ranges {
+                assert_eq!(r.start, at, "{units} units: gap or overlap at {at}");
+                assert!(r.end > r.start && (r.len() % min == 0 || r.end == units));
+                at = r.end;
+            }
+            assert_eq!(at, units, "{units} units: {ranges:?}");
+            // Guided: none larger than the first (claimed from all the units left).
+            if let Some(first) = ranges.first() {
+                assert!(ranges.iter().all(|r| r.len() <= first.len()), "{ranges:?}");
+            }
         }
     }
 }
