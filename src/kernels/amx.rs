@@ -62,9 +62,28 @@ pub fn fits(m: usize, n: usize, k: usize) -> bool {
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)`, x rounded to bf16 (nearest even) on the way in, w bf16.
 /// Callers check [`supported`] and [`fits`].
 pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+    run::<false>(x, m, w, n, k)
+}
+
+/// `silu(g) ⊙ u` (m, n / 2) of the product with `w` (n, k) whose rows alternate 16 of the
+/// gate's and 16 of up's (the layout of [`crate::kernels::swiglu::gate_blocks`]): each pair of
+/// sum tiles meets in registers and only the gate's output is written, not the product's
+/// twice as wide one read back. Callers check [`supported`] and [`fits`].
+pub fn gated_product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+    assert!(
+        n.is_multiple_of(2 * TILE),
+        "gate and up blocks come in pairs"
+    );
+    run::<true>(x, m, w, n, k)
+}
+
+/// [`product`], or with `GATED` [`gated_product`].
+fn run<const GATED: bool>(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
     assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
     let packed = pack(x, m, k);
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // Columns of y.
+    let width = if GATED { n / 2 } else { n };
+    let mut y: Vec<f32> = Vec::with_capacity(m * width);
     // A prompt pass's rows go in pieces whose packed tiles stay in L2 (the weights are
     // streamed once a piece): with all of a long prompt's rows at once, every weight block
     // re-read megabytes of x from memory.
@@ -72,23 +91,23 @@ pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec
     for (p, packed) in packed.chunks(piece_len).enumerate() {
         let m = (m - p * PIECE).min(PIECE);
         // SAFETY: this piece's rows of y lie within the capacity.
-        let out = Out(unsafe { y.as_mut_ptr().add(p * PIECE * n) });
-        // Ranges of whole pairs of 16-row weight blocks.
+        let out = Out(unsafe { y.as_mut_ptr().add(p * PIECE * width) });
+        // Ranges of whole pairs of 16-row weight blocks (a gated pair: a gate's and up's).
         super::for_each_range(n / TILE, 2, |blocks| {
             let y = Columns {
                 y: out.get(),
-                n,
-                first: blocks.start * TILE,
+                n: width,
+                first: blocks.start * TILE * width / n,
             };
             let w = &w[blocks.start * TILE * k..blocks.end * TILE * k];
             // SAFETY: `supported` checked the CPU and got the OS's leave; `w` holds whole
             // 16-row blocks, whose columns of y (from `first`) only this range writes, and
             // `packed` holds the piece's column groups.
-            unsafe { tiles::block(packed, m.div_ceil(TILE), m, w, y, k) }
+            unsafe { tiles::block::<GATED>(packed, m.div_ceil(TILE), m, w, y, k) }
         });
     }
-    // SAFETY: the pieces cover all m rows, and each piece's tasks all n columns.
-    unsafe { y.set_len(m * n) };
+    // SAFETY: the pieces cover all m rows, and each piece's tasks all the columns.
+    unsafe { y.set_len(m * width) };
     y
 }
 
@@ -108,6 +127,34 @@ impl Columns {
             std::array::from_fn(|i| _mm512_loadu_si512(sums.as_ptr().add(i * TILE) as *const _));
         for (c, column) in pack::transpose(tile).iter().enumerate().take(cols) {
             _mm512_storeu_si512(self.at(group * TILE + c, row) as *mut _, *column);
+        }
+    }
+
+    /// [`Self::put`] of `silu(gate) ⊙ up` for two tiles of sums over the same x rows and
+    /// output columns `col..col + 16`, by [`crate::kernels::swiglu::gate_lanes`].
+    ///
+    /// # Safety
+    /// As for [`Self::put`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn put_gated(
+        &self,
+        gate: &[f32; TILE * TILE],
+        up: &[f32; TILE * TILE],
+        col: usize,
+        group: usize,
+        cols: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let columns = |sums: &[f32; TILE * TILE]| {
+            let tile =
+                std::array::from_fn(|i| _mm512_loadu_si512(sums.as_ptr().add(i * TILE).cast()));
+            std::mem::transmute::<[__m512i; TILE], [__m512; TILE]>(pack::transpose(tile))
+        };
+        let (gate, up) = (columns(gate), columns(up));
+        for c in 0..cols {
+            let out = super::swiglu::gate_lanes(gate[c], up[c]);
+            _mm512_storeu_ps(self.at(group * TILE + c, col), out);
         }
     }
 }
@@ -250,7 +297,10 @@ mod tiles {
     /// and two x tiles into registers of their own for four products, so a load need not
     /// wait for the product before it to let go of its register. Past two column groups the
     /// weight blocks, streamed from memory for the first two, come from L2.
-    pub unsafe fn block(
+    ///
+    /// `GATED`: `w`'s blocks alternate a gate's and up's, and y gets `silu(gate) ⊙ up` of
+    /// each pair ([`Columns::put_gated`]), one 16-column block a pair.
+    pub unsafe fn block<const GATED: bool>(
         packed: &[u32],
         groups: usize,
         m: usize,
@@ -262,7 +312,7 @@ mod tiles {
         let cfg = TileConfig::new(8);
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let w_blocks = w.len() / (TILE * k);
-        let mut sums = [0f32; TILE * TILE];
+        let (mut sums, mut up) = ([0f32; TILE * TILE], [0f32; TILE * TILE]);
         for jb in (0..w_blocks).step_by(2) {
             let here = (w_blocks - jb).min(2);
             let sweep = Sweep {
@@ -282,11 +332,19 @@ mod tiles {
                     (_, 2) => sweep.run::<1, 2>(x, fetch),
                     _ => sweep.run::<1, 1>(x, fetch),
                 }
-                for r in 0..here {
-                    for g in 0..pair {
+                for g in 0..pair {
+                    let group = set + g;
+                    let cols = (m - group * TILE).min(TILE);
+                    if GATED {
+                        debug_assert_eq!(here, 2, "a gate block without its up block");
+                        store(g, &mut sums);
+                        store(2 + g, &mut up);
+                        y.put_gated(&sums, &up, jb / 2 * TILE, group, cols);
+                        continue;
+                    }
+                    for r in 0..here {
                         store(2 * r + g, &mut sums);
-                        let group = set + g;
-                        y.put(&sums, (jb + r) * TILE, group, (m - group * TILE).min(TILE));
+                        y.put(&sums, (jb + r) * TILE, group, cols);
                     }
                 }
             }
@@ -409,7 +467,7 @@ mod tiles {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod tiles {
-    pub unsafe fn block(
+    pub unsafe fn block<const GATED: bool>(
         _: &[u32],
         _: usize,
         _: usize,
@@ -486,6 +544,25 @@ mod tests {
                     let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k);
                     assert_eq!(one, all[i * n..(i + 1) * n], "row {i} of {m}, n={n} k={k}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_gated_product_gives_the_bits_of_the_product_then_its_gate() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (n, k) in [(32, 64), (192, 576)] {
+            let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
+            for m in [1, 17, 32, 70] {
+                let x = f32s(&Tensor::randn(0f32, 1., (m, k), &dev).unwrap());
+                let want = crate::kernels::swiglu::gate_blocks(&product(&x, m, &w, n, k), n);
+                let got = gated_product(&x, m, &w, n, k);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "m={m} n={n} k={k}");
             }
         }
     }

@@ -37,7 +37,7 @@ impl Exps for f64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     /// exp(d) = 2^n · exp(r), n = round(d / ln 2), r = d - n ln 2 (ln 2 in two parts, so r is
@@ -59,9 +59,10 @@ mod avx512 {
         }
     }
 
+    /// exp of each lane, as [`shifted_in_place`] computes it.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp(d: __m512) -> __m512 {
+    pub(crate) unsafe fn exp(d: __m512) -> __m512 {
         // Past ±104 the result is 0 or inf either way; clamping keeps n an exact integer.
         let d = _mm512_min_ps(
             _mm512_max_ps(d, _mm512_set1_ps(-104.0)),

@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::swiglu;
+
 /// Most rows of `x` the kernel takes at once: more are taken only for bf16 weights where bf16
 /// pairs are multiplied (prompt passes), in pieces of this many; other large products
 /// (f32 prefill, training) go to gemm.
@@ -65,47 +67,59 @@ pub fn bf16_weights_pay() -> bool {
 }
 
 /// Matrices of one width rounded to bf16 (nearest even), in parallel with AVX-512 BF16 where
-/// the CPU has it, their rows stacked in order: (sum of rows, k).
-pub fn stacked_bf16(ws: &[&Tensor]) -> Result<Tensor> {
-    let rows = ws
-        .iter()
-        .map(|w| w.dims2().map(|d| d.0))
-        .sum::<Result<usize>>()?;
-    let k = ws
-        .first()
-        .map(|w| w.dims2())
-        .transpose()?
-        .map_or(0, |d| d.1);
-    if ws.iter().any(|w| w.dim(1).ok() != Some(k)) {
+/// the CPU has it, their rows stacked: (sum of rows, k). Each matrix is cut into `blocks`
+/// runs of rows and the matrices take turns, a run each: with one block, all of one matrix's
+/// rows and then the next's; with gate and up cut into blocks of [`swiglu::BLOCK`] rows, the
+/// layout [`gated_nt`] takes.
+pub fn stacked_bf16(ws: &[&Tensor], blocks: usize) -> Result<Tensor> {
+    let dims = ws.iter().map(|w| w.dims2()).collect::<Result<Vec<_>>>()?;
+    let rows: usize = dims.iter().map(|d| d.0).sum();
+    let k = dims.first().map_or(0, |d| d.1);
+    if dims.iter().any(|d| d.1 != k) {
         candle_core::bail!("stacked_bf16: matrices of different widths");
+    }
+    if blocks == 0 || dims.iter().any(|d| !d.0.is_multiple_of(blocks)) {
+        candle_core::bail!("stacked_bf16: {dims:?} do not cut into {blocks} blocks of rows");
     }
     #[cfg(target_arch = "x86_64")]
     if bf16_dot_supported() {
-        let mut out = vec![half::bf16::ZERO; rows * k];
-        let mut at = 0;
-        for w in ws {
-            let (storage, layout) = w.storage_and_layout();
-            let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) =
-                (&*storage, layout.contiguous_offsets())
-            else {
-                break;
-            };
-            out[at..at + b - a]
-                .par_chunks_mut(1 << 16)
-                .zip(values[a..b].par_chunks(1 << 16))
-                // SAFETY: AVX-512 BF16 was detected.
-                .for_each(|(o, v)| unsafe { avx512::round_bf16(v, o) });
-            at += b - a;
-        }
-        if at == rows * k {
+        let storages: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+        let sources: Option<Vec<&[f32]>> = storages
+            .iter()
+            .map(
+                |(storage, layout)| match (&**storage, layout.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(&v[a..b]),
+                    _ => None,
+                },
+            )
+            .collect();
+        if let Some(sources) = sources {
+            let mut out = vec![half::bf16::ZERO; rows * k];
+            // Each block of each matrix and where it goes, in the order they are stacked.
+            let mut runs = Vec::with_capacity(blocks * sources.len());
+            let mut rest = &mut out[..];
+            for b in 0..blocks {
+                for source in &sources {
+                    let len = source.len() / blocks;
+                    let (dst, tail) = rest.split_at_mut(len);
+                    runs.push((&source[b * len..(b + 1) * len], dst));
+                    rest = tail;
+                }
+            }
+            runs.into_par_iter().for_each(|(source, dst)| {
+                dst.par_chunks_mut(1 << 16)
+                    .zip(source.par_chunks(1 << 16))
+                    // SAFETY: AVX-512 BF16 was detected.
+                    .for_each(|(o, v)| unsafe { avx512::round_bf16(v, o) })
+            });
             return Tensor::from_vec(out, (rows, k), ws[0].device());
         }
     }
     let copies = ws
         .iter()
-        .map(|w| w.to_dtype(DType::BF16))
+        .map(|w| w.to_dtype(DType::BF16)?.reshape((blocks, (), k)))
         .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&copies, 0)
+    Tensor::cat(&copies, 1)?.reshape((rows, k))
 }
 
 /// `out = x` rounded to bf16 (nearest even), with AVX-512 BF16 where the CPU has it.
@@ -122,10 +136,22 @@ pub(crate) fn round_bf16(x: &[f32], out: &mut [half::bf16]) {
 
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)` in f32, with no gradient. Callers check [`usable`].
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &MatVec)
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &MatVec { gated: false })
 }
 
-struct MatVec;
+/// `silu(gate) ⊙ up` of [`matmul_nt`] with `w` (n, k) whose rows alternate blocks of the
+/// gate's and up's ([`stacked_bf16`] by blocks of [`swiglu::BLOCK`] rows): (m, n / 2), the
+/// bits of [`swiglu::gate_blocks`] of the product. Callers check [`usable`].
+pub fn gated_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &MatVec { gated: true })
+}
+
+struct MatVec {
+    /// The product's rows are gate and up blocks; the op returns their gate.
+    gated: bool,
+}
 
 impl candle_core::CustomOp2 for MatVec {
     fn name(&self) -> &'static str {
@@ -145,7 +171,8 @@ impl candle_core::CustomOp2 for MatVec {
             CpuStorage::BF16(_) => DType::BF16,
             _ => DType::F32,
         };
-        if wk != k || !takes_rows(m, dtype) || !cpu_supported() {
+        let blocks_whole = !self.gated || n.is_multiple_of(2 * swiglu::BLOCK);
+        if wk != k || !takes_rows(m, dtype) || !cpu_supported() || !blocks_whole {
             candle_core::bail!(
                 "azr-matvec: cannot take x {:?} and w {:?}",
                 xl.dims(),
@@ -160,14 +187,20 @@ impl candle_core::CustomOp2 for MatVec {
             candle_core::bail!("azr-matvec: x must be f32");
         };
         let x = &x[xa..xb];
+        let gated = self.gated;
         #[cfg(target_arch = "x86_64")]
         let out = match ws {
-            CpuStorage::F32(w) => product::<avx512::Widen<f32>>(x, m, &w[wa..wb], n, k),
-            CpuStorage::BF16(w) => product_bf16(x, m, &w[wa..wb], n, k),
+            CpuStorage::F32(w) => gate(
+                product::<avx512::Widen<f32>>(x, m, &w[wa..wb], n, k),
+                n,
+                gated,
+            ),
+            CpuStorage::BF16(w) => product_bf16(x, m, &w[wa..wb], n, k, gated),
             _ => candle_core::bail!("azr-matvec: w must be f32 or bf16"),
         };
         #[cfg(not(target_arch = "x86_64"))]
         let out: Vec<f32> = candle_core::bail!("azr-matvec runs on x86_64 only");
+        let n = if gated { n / 2 } else { n };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -184,14 +217,33 @@ pub(crate) fn bf16_dot_supported() -> bool {
     false
 }
 
+/// The product's rows `y` (m, n), or with `gated` their gate ([`gated_nt`]).
+fn gate(y: Vec<f32>, n: usize, gated: bool) -> Vec<f32> {
+    match gated {
+        true => swiglu::gate_blocks(&y, n),
+        false => y,
+    }
+}
+
+/// [`product`] with bf16 weights, gated (on AMX, inside the product) or not.
 #[cfg(target_arch = "x86_64")]
-fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
-    match bf16_dot_supported() {
+fn product_bf16(
+    x: &[f32],
+    m: usize,
+    w: &[half::bf16],
+    n: usize,
+    k: usize,
+    gated: bool,
+) -> Vec<f32> {
+    let y = match bf16_dot_supported() {
         true => {
             // The choice of kernel depends on the weight's shape, not on m: a row's bits stay
             // the same in any batch.
             if on_tiles_here(m, n, k) {
-                return super::amx::product(x, m, w, n, k);
+                return match gated {
+                    true => super::amx::gated_product(x, m, w, n, k),
+                    false => super::amx::product(x, m, w, n, k),
+                };
             }
             let mut xb = vec![half::bf16::ZERO; x.len()];
             // SAFETY: AVX-512 BF16 was detected.
@@ -199,7 +251,8 @@ fn product_bf16(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Ve
             product::<avx512::Dot>(&xb, m, w, n, k)
         }
         false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
-    }
+    };
+    gate(y, n, gated)
 }
 
 /// `y (m, n) = x (m, k) · w (n, k)ᵀ` with kernel `K` over row blocks of `w` in parallel, each
@@ -567,7 +620,7 @@ mod tests {
             true => 2 * MAX_ROWS + 11,
             false => 11,
         };
-        for (w, m) in [(w.clone(), 11), (stacked_bf16(&[&w]).unwrap(), long)] {
+        for (w, m) in [(w.clone(), 11), (stacked_bf16(&[&w], 1).unwrap(), long)] {
             let x = Tensor::randn(0f32, 1., (m, 200), &dev).unwrap();
             let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
             for (i, row) in all.iter().enumerate() {
@@ -620,7 +673,7 @@ mod tests {
         // Ragged length: the masked tail too; mixed magnitudes: the rounding, not the range.
         let w = (Tensor::randn(0f32, 1., (3, 1000 + 7), &Device::Cpu).unwrap() * 1e3).unwrap();
         assert_eq!(
-            bits(&stacked_bf16(&[&w]).unwrap()),
+            bits(&stacked_bf16(&[&w], 1).unwrap()),
             bits(&w.to_dtype(DType::BF16).unwrap())
         );
         // Stacked: the rows of each in order; widths must agree.
@@ -629,8 +682,50 @@ mod tests {
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        assert_eq!(bits(&stacked_bf16(&[&w, &v]).unwrap()), bits(&both));
-        assert!(stacked_bf16(&[&w, &v.narrow(1, 0, 1000).unwrap()]).is_err());
+        assert_eq!(bits(&stacked_bf16(&[&w, &v], 1).unwrap()), bits(&both));
+        assert!(stacked_bf16(&[&w, &v.narrow(1, 0, 1000).unwrap()], 1).is_err());
+        // By blocks: rows 0-1 of g, 0-1 of u, 2-3 of g, 2-3 of u; a strided g takes candle's way.
+        let (g, u) = (v.narrow(0, 0, 4).unwrap(), v.narrow(0, 1, 4).unwrap());
+        let rows = |t: &Tensor, a: usize| t.narrow(0, a, 2).unwrap();
+        let turns = Tensor::cat(&[rows(&g, 0), rows(&u, 0), rows(&g, 2), rows(&u, 2)], 0)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        assert_eq!(bits(&stacked_bf16(&[&g, &u], 2).unwrap()), bits(&turns));
+        let strided = g.t().unwrap().contiguous().unwrap().t().unwrap();
+        assert_eq!(
+            bits(&stacked_bf16(&[&strided, &u], 2).unwrap()),
+            bits(&turns)
+        );
+        assert!(stacked_bf16(&[&g, &u], 3).is_err(), "4 rows in 3 blocks");
+    }
+
+    #[test]
+    fn a_gated_product_is_the_gate_of_the_product() {
+        if !cpu_supported() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (5, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (64, 96), &dev).unwrap();
+        for w in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
+            let y: Vec<f32> = matmul_nt(&x, &w)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = gated_nt(&x, &w).unwrap();
+            assert_eq!(got.dims(), &[5, 32]);
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, swiglu::gate_blocks(&y, 64), "{:?}", w.dtype());
+        }
+        let ragged = Tensor::zeros((48, 96), DType::F32, &dev).unwrap();
+        assert!(
+            gated_nt(&x, &ragged).is_err(),
+            "48 rows are not whole gate and up pairs"
+        );
     }
 
     #[test]

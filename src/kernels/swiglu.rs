@@ -43,42 +43,53 @@ fn sigmoid<T: Float + Exps>(g: &[T], s: &mut [T]) {
     s.iter_mut().for_each(|s| *s = T::one() / (T::one() + *s));
 }
 
-/// `out = silu(g) ⊙ u`, element by element.
-fn gate_into<T: Float + Exps>(g: &[T], u: &[T], out: &mut [T]) {
+/// `out = silu(g) ⊙ u`, element by element (an element's bits do not depend on the slice's
+/// length or where it sits in it).
+pub(crate) fn gate_into<T: Float + Exps>(g: &[T], u: &[T], out: &mut [T]) {
     sigmoid(g, out);
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
         *o = g * *o * u;
     }
 }
 
-/// [`swiglu`] without grad of `y` (.., 2n) whose rows each hold g then u, as one product by
-/// the gate and up matrices stacked gives them: (.., n), the same bits as [`swiglu`] of the
-/// halves, without copying them apart first.
-pub fn halves(y: &Tensor) -> Result<Tensor> {
-    let width = y.dim(candle_core::D::Minus1)?;
-    let n = width / 2;
-    let mut dims = y.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    if width % 2 != 0 {
-        bail!("azr-swiglu: rows of odd width {width} do not split into gate and up");
-    }
-    let (storage, layout) = y.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((a, b))) => {
-            let mut out = vec![0f32; (b - a) / 2];
-            out.par_chunks_mut(n.max(1))
-                .zip(values[a..b].par_chunks(width.max(1)))
-                .for_each(|(out, row)| gate_into(&row[..n], &row[n..], out));
-            Tensor::from_vec(out, dims, y.device())
-        }
-        _ => {
-            drop(storage);
-            let half = |at| y.narrow(candle_core::D::Minus1, at, n);
-            swiglu(&half(0)?, &half(n)?, false)
-        }
-    }
+/// [`gate_into`] of 16 lanes, with its bits: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gate_lanes(
+    g: std::arch::x86_64::__m512,
+    u: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    // -g, then exp(-g - 0) as `T::exps(s, 0)` has it.
+    let e = super::exp::avx512::exp(_mm512_sub_ps(_mm512_sub_ps(zero, g), zero));
+    let one = _mm512_set1_ps(1.0);
+    let s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    _mm512_mul_ps(_mm512_mul_ps(g, s), u)
+}
+
+/// Gate and up values a block in the rows of [`gate_blocks`].
+pub const BLOCK: usize = 16;
+
+/// [`swiglu`] without grad of rows of `width` values that alternate [`BLOCK`] gate values and
+/// [`BLOCK`] up values, as one product by the gate and up matrices stacked that way gives
+/// them: rows of width / 2, the same bits as [`swiglu`] of the gate and up values apart.
+/// (Stacked by blocks rather than one matrix after the other, the AMX product gates its own
+/// sums: [`crate::kernels::amx::gated_product`].)
+pub(crate) fn gate_blocks(y: &[f32], width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; y.len() / 2];
+    out.par_chunks_mut(width / 2)
+        .zip(y.par_chunks(width))
+        .for_each(|(out, row)| {
+            for (out, pair) in out.chunks_exact_mut(BLOCK).zip(row.chunks_exact(2 * BLOCK)) {
+                gate_into(&pair[..BLOCK], &pair[BLOCK..], out);
+            }
+        });
+    out
 }
 
 /// d/dg and d/du of silu(g) u, times the output's gradient d, with s = sigmoid(g).
@@ -217,29 +228,24 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn halves_give_the_bits_of_the_op_on_separate_gate_and_up() {
+    fn blocks_give_the_bits_of_the_op_on_separate_gate_and_up() {
         let dev = Device::Cpu;
-        let y = Tensor::randn(0f32, 2., (2, 3, 2 * 37), &dev).unwrap();
-        let want = swiglu(
-            &y.narrow(2, 0, 37).unwrap().contiguous().unwrap(),
-            &y.narrow(2, 37, 37).unwrap().contiguous().unwrap(),
-            false,
-        )
-        .unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.iter().map(|x| x.to_bits()).collect()
+        let (n, blocks) = (3 * BLOCK, 3);
+        let y = Tensor::randn(0f32, 2., (4, 2 * n), &dev).unwrap();
+        // Block j of the gate is y's block 2j, of up block 2j + 1.
+        let part = |first: usize| {
+            let parts: Vec<Tensor> = (0..blocks)
+                .map(|j| y.narrow(1, (2 * j + first) * BLOCK, BLOCK).unwrap())
+                .collect();
+            Tensor::cat(&parts, 1).unwrap()
         };
-        let got = halves(&y).unwrap();
-        assert_eq!(got.dims(), &[2, 3, 37]);
-        assert_eq!(bits(&got), bits(&want));
-        // A view (not contiguous) takes the composed way, with the same bits.
-        let wide = Tensor::cat(&[&y, &y], 2)
-            .unwrap()
-            .narrow(2, 0, 2 * 37)
-            .unwrap();
-        assert_eq!(bits(&halves(&wide).unwrap()), bits(&want));
-        assert!(halves(&y.narrow(2, 0, 5).unwrap()).is_err(), "odd width");
+        let want = swiglu(&part(0), &part(1), false).unwrap();
+        let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+        let got = gate_blocks(&y.flatten_all().unwrap().to_vec1().unwrap(), 2 * n);
+        assert_eq!(
+            bits(got),
+            bits(want.flatten_all().unwrap().to_vec1().unwrap())
+        );
     }
 
     /// Values and both gradients match candle's composed silu(g) * u, in f64 and f32.

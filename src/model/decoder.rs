@@ -103,8 +103,8 @@ fn product(
 ) -> candle_core::Result<Tensor> {
     let copy = decode
         .and_then(|d| d.of(w))
-        .filter(|&(_, parts)| !grad && parts == 1);
-    match copy.map(|(c, _)| c).filter(|c| matvec::usable(x, c)) {
+        .filter(|s| !grad && s.parts == 1 && !s.gated);
+    match copy.map(|s| &s.weight).filter(|c| matvec::usable(x, c)) {
         Some(copy) => matvec::matmul_nt(x, copy),
         None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w),
         None => x.matmul(&w.t()?),
@@ -119,18 +119,36 @@ fn stacked_product(
     x: &Tensor,
     pass: &Pass,
 ) -> candle_core::Result<Option<Tensor>> {
+    let fits = |s: &Stacked| !s.gated && s.parts == linears.len();
+    copy_product(linears[0], x, pass, fits, matvec::matmul_nt)
+}
+
+/// `silu(x gateᵀ) ⊙ (x upᵀ)` (b, t, intermediate) of the MLP in one product with the gated
+/// copy of its gate and up matrices; None where the pass has none or the kernel does not
+/// take it.
+fn gated_product(block: &Block, x: &Tensor, pass: &Pass) -> candle_core::Result<Option<Tensor>> {
+    copy_product(&block.gate_proj, x, pass, |s| s.gated, matvec::gated_nt)
+}
+
+/// `x` (b, t, in) through `kernel` with the pass's copy keyed by `first`'s weight, where the
+/// pass has one, no gradient is recorded, the copy `fits` and the decode kernel takes it:
+/// (b, t, ..).
+fn copy_product(
+    first: &Linear,
+    x: &Tensor,
+    pass: &Pass,
+    fits: impl Fn(&Stacked) -> bool,
+    kernel: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
     let (b, t, n) = x.dims3()?;
     let flat = x.reshape((b * t, n))?;
-    let stacked = pass
+    let copy = pass
         .decode
         .as_deref()
-        .and_then(|d| d.of(&linears[0].weight));
-    match stacked
-        .filter(|&(w, parts)| !pass.grad.on() && parts == linears.len() && matvec::usable(&flat, w))
-    {
-        Some((w, _)) => Ok(Some(matvec::matmul_nt(&flat, w)?.reshape((b, t, ()))?)),
-        None => Ok(None),
-    }
+        .and_then(|d| d.of(&first.weight))
+        .filter(|s| !pass.grad.on() && fits(s) && matvec::usable(&flat, &s.weight));
+    copy.map(|s| kernel(&flat, &s.weight)?.reshape((b, t, ())))
+        .transpose()
 }
 
 /// `x` through each of `linears` (which all read it): one stacked product split by columns,
@@ -166,13 +184,17 @@ fn forward_shared(
 /// Matrices that multiply the same input (q, k and v; gate and up) are copied stacked by
 /// rows, keyed by the first: one product for them packs the input once and splits the work
 /// once, where three or two did (a batch-32 decode step makes 120 products instead of 168).
-/// Each output element is the same sum either way.
+/// Each output element is the same sum either way. Gate and up take turns by blocks of
+/// [`swiglu::BLOCK`] rows, so that their product can return the gate itself
+/// ([`matvec::gated_nt`]).
 pub struct DecodeWeights(HashMap<TensorId, Stacked>);
 
 /// A copy of one or more matrices' rows, stacked, and how many matrices it holds.
 struct Stacked {
     weight: Tensor,
     parts: usize,
+    /// A gate's and up's rows by turns ([`matvec::stacked_bf16`] by blocks).
+    gated: bool,
 }
 
 impl DecodeWeights {
@@ -183,21 +205,39 @@ impl DecodeWeights {
             return Ok(None);
         }
         let mut copies = HashMap::new();
-        let groups = model.blocks.iter().flat_map(|b| {
-            b.inputs_shared()
-                .map(|g| g.iter().map(|l| l.weight.as_tensor()).collect::<Vec<_>>())
-        });
-        for ws in groups.chain([vec![model.lm_head_weight()]]) {
-            let weight = matvec::stacked_bf16(&ws)?;
-            let parts = ws.len();
-            copies.insert(ws[0].id(), Stacked { weight, parts });
+        let groups = model.blocks.iter().flat_map(|b| b.inputs_shared());
+        for (linears, gated) in groups.chain([(vec![], false)]) {
+            let ws: Vec<&Tensor> = match linears.is_empty() {
+                true => vec![model.lm_head_weight()],
+                false => linears.iter().map(|l| l.weight.as_tensor()).collect(),
+            };
+            let rows = ws[0].dim(0)?;
+            // Gate and up whose rows do not cut into whole blocks get a copy each.
+            if gated && !rows.is_multiple_of(swiglu::BLOCK) {
+                for w in ws {
+                    copies.insert(w.id(), Stacked::of(&[w], 1, false)?);
+                }
+                continue;
+            }
+            let blocks = if gated { rows / swiglu::BLOCK } else { 1 };
+            copies.insert(ws[0].id(), Stacked::of(&ws, blocks, gated)?);
         }
         Ok(Some(Self(copies)))
     }
 
-    /// The copy that starts with `w`'s rows and how many matrices it stacks, if there is one.
-    fn of(&self, w: &Tensor) -> Option<(&Tensor, usize)> {
-        self.0.get(&w.id()).map(|s| (&s.weight, s.parts))
+    /// The copy that starts with `w`'s rows, if there is one.
+    fn of(&self, w: &Tensor) -> Option<&Stacked> {
+        self.0.get(&w.id())
+    }
+}
+
+impl Stacked {
+    fn of(ws: &[&Tensor], blocks: usize, gated: bool) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: matvec::stacked_bf16(ws, blocks)?,
+            parts: ws.len(),
+            gated,
+        })
     }
 }
 
@@ -214,13 +254,14 @@ struct Block {
 }
 
 impl Block {
-    /// The linear layers, grouped by the input they read: q, k, v; o; gate, up; down.
-    fn inputs_shared(&self) -> [Vec<&Linear>; 4] {
+    /// The linear layers, grouped by the input they read: q, k, v; o; gate, up; down; with
+    /// whether the group is the MLP's gate and up.
+    fn inputs_shared(&self) -> [(Vec<&Linear>, bool); 4] {
         [
-            vec![&self.q_proj, &self.k_proj, &self.v_proj],
-            vec![&self.o_proj],
-            vec![&self.gate_proj, &self.up_proj],
-            vec![&self.down_proj],
+            (vec![&self.q_proj, &self.k_proj, &self.v_proj], false),
+            (vec![&self.o_proj], false),
+            (vec![&self.gate_proj, &self.up_proj], true),
+            (vec![&self.down_proj], false),
         ]
     }
 
@@ -731,9 +772,8 @@ impl Model {
         let heads = self.attention(block, &h, pass, cache)?;
         let x = block.o_proj.forward_onto(&heads, Some(x), pass)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
-        let gate_up = [&block.gate_proj, &block.up_proj];
-        let down = match stacked_product(&gate_up, &h, pass)? {
-            Some(y) => block.down_proj.forward(&swiglu::halves(&y)?, pass)?,
+        let down = match gated_product(block, &h, pass)? {
+            Some(gate) => block.down_proj.forward(&gate, pass)?,
             None => {
                 let gate = block.gate_proj.forward(&h, pass)?;
                 let up = block.up_proj.forward(&h, pass)?;
