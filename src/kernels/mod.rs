@@ -2,9 +2,10 @@
 //! CPU has them: `amx`), gemm-backed products that write or accumulate in place (`gemm`; the
 //! large f32 ones of training in bf16 when asked, on AMX tiles or with AVX-512 BF16:
 //! `bf16_gemm`), the LM head's fused softmax statistics (`softmax`), attention's masked
-//! softmax in place (`masked_softmax`, its exp vectorised: `exp`), a decode step's attention over
-//! the KV cache (`decode_attention`), the MLP gate (`swiglu`), and max and sums that vectorise
-//! (`reduce`). They know tensors and storage, not the decoder.
+//! softmax in place (`masked_softmax`, its exp vectorised: `exp`), a decode step's attention
+//! over the KV cache (`decode_attention`), the MLP gate (`swiglu`), RMSNorm without a graph
+//! (`norm`), and max and sums that vectorise (`reduce`). They know tensors and storage, not
+//! the decoder.
 
 pub(crate) mod amx;
 pub(crate) mod bf16_gemm;
@@ -13,6 +14,7 @@ pub(crate) mod exp;
 pub(crate) mod gemm;
 pub(crate) mod masked_softmax;
 pub(crate) mod matvec;
+pub(crate) mod norm;
 pub(crate) mod reduce;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;

@@ -19,7 +19,11 @@ pub fn accumulate_dtype(dtype: DType) -> DType {
 /// `grad`, the graph keeps x and the weight only; [`RmsNorm::bwd`] recomputes the rest.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
     if !grad {
-        return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
+        let x = x.contiguous()?;
+        if let Some(normed) = crate::kernels::norm::rms(&x, weight, eps)? {
+            return Ok(normed);
+        }
+        return candle_nn::ops::rms_norm(&x, weight, eps as f32);
     }
     // Composed (not candle's kernel, which sums in f32 even for f64) but without a graph.
     let (xd, wd) = (x.detach(), weight.detach());
