@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Columns, Out};
+use super::{Columns, Out, Plus};
 
 /// Rows of `w` and columns of `x` per tile.
 pub(super) const TILE: usize = 16;
@@ -61,8 +61,8 @@ pub fn fits(m: usize, n: usize, k: usize) -> bool {
 
 /// `x (m, k) · w (n, k)ᵀ -> (m, n)`, x rounded to bf16 (nearest even) on the way in, w bf16.
 /// Callers check [`supported`] and [`fits`].
-pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
-    run::<false>(x, m, w, n, k)
+pub fn product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize, plus: Plus) -> Vec<f32> {
+    run::<false>(x, m, w, n, k, plus)
 }
 
 /// `silu(g) ⊙ u` (m, n / 2) of the product with `w` (n, k) whose rows alternate 16 of the
@@ -74,12 +74,22 @@ pub fn gated_product(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) 
         n.is_multiple_of(2 * TILE),
         "gate and up blocks come in pairs"
     );
-    run::<true>(x, m, w, n, k)
+    run::<true>(x, m, w, n, k, Plus::default())
 }
 
-/// [`product`], or with `GATED` [`gated_product`].
-fn run<const GATED: bool>(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: usize) -> Vec<f32> {
+/// [`product`], or with `GATED` [`gated_product`] (which adds nothing).
+fn run<const GATED: bool>(
+    x: &[f32],
+    m: usize,
+    w: &[half::bf16],
+    n: usize,
+    k: usize,
+    plus: Plus,
+) -> Vec<f32> {
     assert!(supported() && fits(m, n, k) && x.len() == m * k && w.len() == n * k);
+    assert!(
+        plus.bias.is_none_or(|b| b.len() == n) && plus.residual.is_none_or(|r| r.len() == m * n)
+    );
     let packed = pack(x, m, k);
     // Columns of y.
     let width = if GATED { n / 2 } else { n };
@@ -92,12 +102,17 @@ fn run<const GATED: bool>(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: us
         let m = (m - p * PIECE).min(PIECE);
         // SAFETY: this piece's rows of y lie within the capacity.
         let out = Out(unsafe { y.as_mut_ptr().add(p * PIECE * width) });
+        let plus = Plus {
+            residual: plus.residual.map(|r| &r[p * PIECE * n..]),
+            ..plus
+        };
         // Ranges of whole pairs of 16-row weight blocks (a gated pair: a gate's and up's).
         super::for_each_range(n / TILE, 2, |blocks| {
             let y = Columns {
                 y: out.get(),
                 n: width,
                 first: blocks.start * TILE * width / n,
+                plus,
             };
             let w = &w[blocks.start * TILE * k..blocks.end * TILE * k];
             // SAFETY: `supported` checked the CPU and got the OS's leave; `w` holds whole
@@ -111,11 +126,12 @@ fn run<const GATED: bool>(x: &[f32], m: usize, w: &[half::bf16], n: usize, k: us
     y
 }
 
-impl Columns {
+impl Columns<'_> {
     /// Writes the tile `sums` (16 rows of w by 16 rows of x, x rows `group * 16..` of which
-    /// `cols` are real) for w rows `row..row + 16` of this task: each x row's 16 sums are
-    /// one contiguous run of y, a column of the tile (transposed in registers; a gather a
-    /// column was ~4% of a batch-32 decode step, element by element more).
+    /// `cols` are real) for w rows `row..row + 16` of this task, with what `plus` adds: each
+    /// x row's 16 sums are one contiguous run of y, a column of the tile (transposed in
+    /// registers; a gather a column was ~4% of a batch-32 decode step, element by element
+    /// more).
     ///
     /// # Safety
     /// The rows and columns must lie in y and belong to this task, on a CPU with AVX-512F.
@@ -126,7 +142,15 @@ impl Columns {
         let tile: [__m512i; TILE] =
             std::array::from_fn(|i| _mm512_loadu_si512(sums.as_ptr().add(i * TILE) as *const _));
         for (c, column) in pack::transpose(tile).iter().enumerate().take(cols) {
-            _mm512_storeu_si512(self.at(group * TILE + c, row) as *mut _, *column);
+            let mut y = _mm512_castsi512_ps(*column);
+            if let Some(bias) = self.plus.bias {
+                y = _mm512_add_ps(y, _mm512_loadu_ps(bias.as_ptr().add(self.first + row)));
+            }
+            let at = (group * TILE + c) * self.n + self.first + row;
+            if let Some(residual) = self.plus.residual {
+                y = _mm512_add_ps(_mm512_loadu_ps(residual.as_ptr().add(at)), y);
+            }
+            _mm512_storeu_ps(self.y.add(at), y);
         }
     }
 
@@ -520,8 +544,12 @@ mod tests {
                 let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
                 let xb = rounded(&x);
                 let want = xb.matmul(&wb.t().unwrap()).unwrap();
-                let got =
-                    Tensor::from_vec(product(&f32s(&x), m, &bf16(&w), n, k), (m, n), &dev).unwrap();
+                let got = Tensor::from_vec(
+                    product(&f32s(&x), m, &bf16(&w), n, k, Plus::default()),
+                    (m, n),
+                    &dev,
+                )
+                .unwrap();
                 let diff = crate::kernels::max_abs_diff(&got, &want);
                 assert!(diff < 1e-3 * (k as f32).sqrt(), "m={m} n={n} k={k}: {diff}");
             }
@@ -539,12 +567,38 @@ mod tests {
             let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
             let x = f32s(&Tensor::randn(0f32, 1., (100, k), &dev).unwrap());
             for m in [100, 64, 8, 3] {
-                let all = product(&x[..m * k], m, &w, n, k);
+                let all = product(&x[..m * k], m, &w, n, k, Plus::default());
                 for i in 0..m {
-                    let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k);
+                    let one = product(&x[i * k..(i + 1) * k], 1, &w, n, k, Plus::default());
                     assert_eq!(one, all[i * n..(i + 1) * n], "row {i} of {m}, n={n} k={k}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn what_a_product_adds_gives_the_bits_of_adding_after() {
+        if !supported() {
+            eprintln!("skipped: this CPU or OS offers no AMX-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (n, k) = (48, 96);
+        let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
+        let bias = f32s(&Tensor::randn(0f32, 1., n, &dev).unwrap());
+        // Past 128 rows the residual is read a piece at a time.
+        for m in [1, 20, 130] {
+            let x = f32s(&Tensor::randn(0f32, 1., (m, k), &dev).unwrap());
+            let residual = f32s(&Tensor::randn(0f32, 1., (m, n), &dev).unwrap());
+            let plus = Plus {
+                bias: Some(&bias),
+                residual: Some(&residual),
+            };
+            let mut want = product(&x, m, &w, n, k, Plus::default());
+            plus.add_to(&mut want, n);
+            let got = product(&x, m, &w, n, k, plus);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "m={m}");
         }
     }
 
@@ -559,7 +613,10 @@ mod tests {
             let w = bf16(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap());
             for m in [1, 17, 32, 70] {
                 let x = f32s(&Tensor::randn(0f32, 1., (m, k), &dev).unwrap());
-                let want = crate::kernels::swiglu::gate_blocks(&product(&x, m, &w, n, k), n);
+                let want = crate::kernels::swiglu::gate_blocks(
+                    &product(&x, m, &w, n, k, Plus::default()),
+                    n,
+                );
                 let got = gated_product(&x, m, &w, n, k);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "m={m} n={n} k={k}");

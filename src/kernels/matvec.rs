@@ -10,10 +10,10 @@
 //!
 //! No backward: only passes without grad use it ([`usable`] says when).
 
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::swiglu;
+use super::{swiglu, Plus};
 
 /// Most rows of `x` the kernel takes at once: more are taken only for bf16 weights where bf16
 /// pairs are multiplied (prompt passes), in pieces of this many; other large products
@@ -134,23 +134,49 @@ pub(crate) fn round_bf16(x: &[f32], out: &mut [half::bf16]) {
     }
 }
 
-/// `x (m, k) · w (n, k)ᵀ -> (m, n)` in f32, with no gradient. Callers check [`usable`].
-pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &MatVec { gated: false })
+/// `x (m, k) · w (n, k)ᵀ + bias (n) + residual (m, n) -> (m, n)` in f32, with no gradient,
+/// the adds in that order (on AMX made to the sums on their way out, elsewhere after the
+/// product: the bits of separate adds either way). Callers check [`usable`].
+pub fn matmul_nt(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = MatVec {
+        gated: false,
+        bias: bias.map(|b| b.contiguous()).transpose()?,
+        residual: residual.map(|r| r.contiguous()).transpose()?,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
 }
 
 /// `silu(gate) ⊙ up` of [`matmul_nt`] with `w` (n, k) whose rows alternate blocks of the
 /// gate's and up's ([`stacked_bf16`] by blocks of [`swiglu::BLOCK`] rows): (m, n / 2), the
 /// bits of [`swiglu::gate_blocks`] of the product. Callers check [`usable`].
 pub fn gated_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &MatVec { gated: true })
+    let op = MatVec {
+        gated: true,
+        bias: None,
+        residual: None,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)
 }
 
 struct MatVec {
     /// The product's rows are gate and up blocks; the op returns their gate.
     gated: bool,
+    /// Added to the product ([`Plus`]): (n) and (m, n), f32 on the CPU.
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+}
+
+/// The `len` f32 elements of a contiguous CPU tensor's storage.
+fn f32_elements<'a>(storage: &'a Storage, layout: &Layout, len: usize) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) if b - a == len => Ok(&v[a..b]),
+        _ => candle_core::bail!("azr-matvec: a bias or residual must be {len} f32 on the CPU"),
+    }
 }
 
 impl candle_core::CustomOp2 for MatVec {
@@ -188,14 +214,28 @@ impl candle_core::CustomOp2 for MatVec {
         };
         let x = &x[xa..xb];
         let gated = self.gated;
+        let bias = self.bias.as_ref().map(|t| t.storage_and_layout());
+        let residual = self.residual.as_ref().map(|t| t.storage_and_layout());
+        let plus = Plus {
+            bias: bias
+                .as_ref()
+                .map(|(s, l)| f32_elements(s, l, n))
+                .transpose()?,
+            residual: (residual.as_ref())
+                .map(|(s, l)| f32_elements(s, l, m * n))
+                .transpose()?,
+        };
+        if gated && (plus.bias.is_some() || plus.residual.is_some()) {
+            candle_core::bail!("azr-matvec: a gated product adds nothing");
+        }
         #[cfg(target_arch = "x86_64")]
         let out = match ws {
-            CpuStorage::F32(w) => gate(
-                product::<avx512::Widen<f32>>(x, m, &w[wa..wb], n, k),
-                n,
-                gated,
-            ),
-            CpuStorage::BF16(w) => product_bf16(x, m, &w[wa..wb], n, k, gated),
+            CpuStorage::F32(w) => {
+                let mut y = product::<avx512::Widen<f32>>(x, m, &w[wa..wb], n, k);
+                plus.add_to(&mut y, n);
+                gate(y, n, gated)
+            }
+            CpuStorage::BF16(w) => product_bf16(x, m, &w[wa..wb], n, k, gated, plus),
             _ => candle_core::bail!("azr-matvec: w must be f32 or bf16"),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -225,7 +265,8 @@ fn gate(y: Vec<f32>, n: usize, gated: bool) -> Vec<f32> {
     }
 }
 
-/// [`product`] with bf16 weights, gated (on AMX, inside the product) or not.
+/// [`product`] with bf16 weights, gated or not, `plus` added (on AMX, both inside the
+/// product).
 #[cfg(target_arch = "x86_64")]
 fn product_bf16(
     x: &[f32],
@@ -234,15 +275,16 @@ fn product_bf16(
     n: usize,
     k: usize,
     gated: bool,
+    plus: Plus,
 ) -> Vec<f32> {
-    let y = match bf16_dot_supported() {
+    let mut y = match bf16_dot_supported() {
         true => {
             // The choice of kernel depends on the weight's shape, not on m: a row's bits stay
             // the same in any batch.
             if on_tiles_here(m, n, k) {
                 return match gated {
                     true => super::amx::gated_product(x, m, w, n, k),
-                    false => super::amx::product(x, m, w, n, k),
+                    false => super::amx::product(x, m, w, n, k, plus),
                 };
             }
             let mut xb = vec![half::bf16::ZERO; x.len()];
@@ -252,6 +294,7 @@ fn product_bf16(
         }
         false => product::<avx512::Widen<half::bf16>>(x, m, w, n, k),
     };
+    plus.add_to(&mut y, n);
     gate(y, n, gated)
 }
 
@@ -273,6 +316,7 @@ fn product<K: avx512::Kernel>(x: &[K::X], m: usize, w: &[K::W], n: usize, k: usi
                 y: out.get(),
                 n,
                 first: rows.start,
+                plus: Plus::default(),
             };
             let w = &w[rows.start * k..rows.end * k];
             // SAFETY: the caller (cpu_fwd) checked the CPU features `K` needs; `w` holds
@@ -583,7 +627,7 @@ mod tests {
             for m in 1..=MAX_ROWS {
                 let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
                 assert!(usable(&x, &w));
-                let got = matmul_nt(&x, &w).unwrap();
+                let got = matmul_nt(&x, &w, None, None).unwrap();
                 assert!(
                     max_diff(&got, &reference(&x, &w)) < 1e-4,
                     "m={m} n={n} k={k}"
@@ -598,7 +642,7 @@ mod tests {
                         .unwrap(),
                     false => x.clone(),
                 };
-                let got = matmul_nt(&x, &wb).unwrap();
+                let got = matmul_nt(&x, &wb, None, None).unwrap();
                 assert!(
                     max_diff(&got, &reference(&xb, &wb)) < 1e-3,
                     "bf16 m={m} n={n} k={k}"
@@ -622,9 +666,9 @@ mod tests {
         };
         for (w, m) in [(w.clone(), 11), (stacked_bf16(&[&w], 1).unwrap(), long)] {
             let x = Tensor::randn(0f32, 1., (m, 200), &dev).unwrap();
-            let all: Vec<Vec<f32>> = matmul_nt(&x, &w).unwrap().to_vec2().unwrap();
+            let all: Vec<Vec<f32>> = matmul_nt(&x, &w, None, None).unwrap().to_vec2().unwrap();
             for (i, row) in all.iter().enumerate() {
-                let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w)
+                let one: Vec<Vec<f32>> = matmul_nt(&x.narrow(0, i, 1).unwrap(), &w, None, None)
                     .unwrap()
                     .to_vec2()
                     .unwrap();
@@ -710,7 +754,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (5, 96), &dev).unwrap();
         let w = Tensor::randn(0f32, 1., (64, 96), &dev).unwrap();
         for w in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
-            let y: Vec<f32> = matmul_nt(&x, &w)
+            let y: Vec<f32> = matmul_nt(&x, &w, None, None)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -725,6 +769,39 @@ mod tests {
         assert!(
             gated_nt(&x, &ragged).is_err(),
             "48 rows are not whole gate and up pairs"
+        );
+    }
+
+    #[test]
+    fn what_a_product_adds_gives_the_bits_of_the_separate_adds() {
+        if !cpu_supported() {
+            eprintln!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (5, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (48, 96), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., 48, &dev).unwrap();
+        let residual = Tensor::randn(0f32, 1., (5, 48), &dev).unwrap();
+        let bits = |t: Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        for w in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
+            let y = matmul_nt(&x, &w, None, None).unwrap();
+            let want = (&residual + y.broadcast_add(&bias).unwrap()).unwrap();
+            let got = matmul_nt(&x, &w, Some(&bias), Some(&residual)).unwrap();
+            assert_eq!(bits(got), bits(want), "{:?}", w.dtype());
+            let want = y.broadcast_add(&bias).unwrap();
+            assert_eq!(
+                bits(matmul_nt(&x, &w, Some(&bias), None).unwrap()),
+                bits(want)
+            );
+        }
+        let short = bias.narrow(0, 0, 40).unwrap();
+        assert!(
+            matmul_nt(&x, &w, Some(&short), None).is_err(),
+            "a bias of 40 for 48"
         );
     }
 

@@ -103,16 +103,40 @@ impl Out {
     }
 }
 
+/// What a product adds to its sums before it writes them: a bias (n) to every row, then a
+/// residual (m, n) element by element, `(x · wᵀ + bias) + residual`: the order, and so the
+/// bits, of the separate adds it spares (each a pass over y and a tensor).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Plus<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Plus<'_> {
+    /// Adds to `y` (rows of n), for kernels that write their sums as they are.
+    fn add_to(&self, y: &mut [f32], n: usize) {
+        if let Some(bias) = self.bias {
+            y.chunks_exact_mut(n)
+                .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+        }
+        if let Some(residual) = self.residual {
+            y.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+        }
+    }
+}
+
 /// Where a task's sums go in a product `y (m, n) = x · wᵀ` split over row blocks of `w`:
 /// columns `first..` of y, one per row of the task's part of `w`, which only it writes.
 #[derive(Clone, Copy)]
-struct Columns {
+struct Columns<'a> {
     y: *mut f32,
     n: usize,
     first: usize,
+    /// Added on the way out (AMX), or None where the caller adds it after.
+    plus: Plus<'a>,
 }
 
-impl Columns {
+impl Columns<'_> {
     /// Column `first + c` of y's row `i`.
     ///
     /// # Safety

@@ -53,19 +53,14 @@ impl Linear {
             (Some(sink), Some(plus), None) | (Some(sink), None, Some(plus)) => {
                 weight_grads::project_plus(&x, &self.weight, plus, sink)?
             }
-            (sink, bias, residual) => {
-                let y = match sink {
-                    Some(sink) => weight_grads::project(&x, &self.weight, sink)?,
-                    None => product(&x, &self.weight, pass.grad.on(), pass.decode.as_deref())?,
-                };
-                let y = match bias {
-                    Some(bias) => y.broadcast_add(bias)?,
-                    None => y,
-                };
-                match residual {
-                    Some(r) => (r + y)?,
-                    None => y,
-                }
+            (Some(sink), bias, residual) => added(
+                weight_grads::project(&x, &self.weight, sink)?,
+                bias,
+                residual,
+            )?,
+            (None, bias, residual) => {
+                let decode = pass.decode.as_deref();
+                product(&x, &self.weight, bias, residual, pass.grad.on(), decode)?
             }
         };
         y.reshape((b, t, ()))
@@ -92,12 +87,14 @@ impl Linear {
     }
 }
 
-/// x (m, in) · w (out, in)ᵀ without grad: the pass's bf16 copy of `w` where the decode kernel
-/// takes it (few rows, or any number on AMX tiles), else `w` itself in the decode kernel (few
-/// rows) or candle's matmul.
+/// x (m, in) · w (out, in)ᵀ + bias + residual: without grad, the pass's bf16 copy of `w`
+/// where the decode kernel takes it (few rows, or any number on AMX tiles), else `w` itself
+/// in the decode kernel (few rows), which add on the way out; else candle's matmul and adds.
 fn product(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
     grad: bool,
     decode: Option<&DecodeWeights>,
 ) -> candle_core::Result<Tensor> {
@@ -105,14 +102,30 @@ fn product(
         .and_then(|d| d.of(w))
         .filter(|s| !grad && s.parts == 1 && !s.gated);
     match copy.map(|s| &s.weight).filter(|c| matvec::usable(x, c)) {
-        Some(copy) => matvec::matmul_nt(x, copy),
-        None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w),
-        None => x.matmul(&w.t()?),
+        Some(copy) => matvec::matmul_nt(x, copy, bias, residual),
+        None if !grad && matvec::usable(x, w) => matvec::matmul_nt(x, w, bias, residual),
+        None => added(x.matmul(&w.t()?)?, bias, residual),
+    }
+}
+
+/// `(y + bias) + residual`, the bias broadcast over rows.
+fn added(
+    y: Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let y = match bias {
+        Some(bias) => y.broadcast_add(bias)?,
+        None => y,
+    };
+    match residual {
+        Some(r) => r + y,
+        None => Ok(y),
     }
 }
 
 /// `x` (b, t, in) times the stacked copy of `linears` (which all read it) in one product:
-/// (b, t, sum of their outputs), no biases added. None where the pass has no such copy or the
+/// (b, t, sum of their outputs), their biases added. None where the pass has no such copy or the
 /// decode kernel does not take it; each linear's own forward is then the way.
 fn stacked_product(
     linears: &[&Linear],
@@ -120,14 +133,22 @@ fn stacked_product(
     pass: &Pass,
 ) -> candle_core::Result<Option<Tensor>> {
     let fits = |s: &Stacked| !s.gated && s.parts == linears.len();
-    copy_product(linears[0], x, pass, fits, matvec::matmul_nt)
+    copy_product(linears[0], x, pass, fits, |x, s| {
+        matvec::matmul_nt(x, &s.weight, s.bias.as_ref(), None)
+    })
 }
 
 /// `silu(x gateᵀ) ⊙ (x upᵀ)` (b, t, intermediate) of the MLP in one product with the gated
 /// copy of its gate and up matrices; None where the pass has none or the kernel does not
 /// take it.
 fn gated_product(block: &Block, x: &Tensor, pass: &Pass) -> candle_core::Result<Option<Tensor>> {
-    copy_product(&block.gate_proj, x, pass, |s| s.gated, matvec::gated_nt)
+    copy_product(
+        &block.gate_proj,
+        x,
+        pass,
+        |s| s.gated,
+        |x, s| matvec::gated_nt(x, &s.weight),
+    )
 }
 
 /// `x` (b, t, in) through `kernel` with the pass's copy keyed by `first`'s weight, where the
@@ -138,7 +159,7 @@ fn copy_product(
     x: &Tensor,
     pass: &Pass,
     fits: impl Fn(&Stacked) -> bool,
-    kernel: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    kernel: fn(&Tensor, &Stacked) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
     let (b, t, n) = x.dims3()?;
     let flat = x.reshape((b * t, n))?;
@@ -147,12 +168,12 @@ fn copy_product(
         .as_deref()
         .and_then(|d| d.of(&first.weight))
         .filter(|s| !pass.grad.on() && fits(s) && matvec::usable(&flat, &s.weight));
-    copy.map(|s| kernel(&flat, &s.weight)?.reshape((b, t, ())))
+    copy.map(|s| kernel(&flat, s)?.reshape((b, t, ())))
         .transpose()
 }
 
-/// `x` through each of `linears` (which all read it): one stacked product split by columns,
-/// biases added, where [`stacked_product`] can, else each linear's forward.
+/// `x` through each of `linears` (which all read it): one stacked product split by columns
+/// where [`stacked_product`] can, else each linear's forward.
 fn forward_shared(
     linears: &[&Linear],
     x: &Tensor,
@@ -168,10 +189,7 @@ fn forward_shared(
             let rows = l.weight.dim(0)?;
             let part = y.narrow(2, at, rows)?;
             at += rows;
-            match &l.bias {
-                Some(bias) => part.broadcast_add(bias.as_tensor()),
-                None => part.contiguous(),
-            }
+            part.contiguous()
         })
         .collect()
 }
@@ -192,6 +210,8 @@ pub struct DecodeWeights(HashMap<TensorId, Stacked>);
 /// A copy of one or more matrices' rows, stacked, and how many matrices it holds.
 struct Stacked {
     weight: Tensor,
+    /// The matrices' biases stacked the same way, if every one has a bias.
+    bias: Option<Tensor>,
     parts: usize,
     /// A gate's and up's rows by turns ([`matvec::stacked_bf16`] by blocks).
     gated: bool,
@@ -206,22 +226,37 @@ impl DecodeWeights {
         }
         let mut copies = HashMap::new();
         let groups = model.blocks.iter().flat_map(|b| b.inputs_shared());
-        for (linears, gated) in groups.chain([(vec![], false)]) {
-            let ws: Vec<&Tensor> = match linears.is_empty() {
-                true => vec![model.lm_head_weight()],
-                false => linears.iter().map(|l| l.weight.as_tensor()).collect(),
-            };
-            let rows = ws[0].dim(0)?;
-            // Gate and up whose rows do not cut into whole blocks get a copy each.
-            if gated && !rows.is_multiple_of(swiglu::BLOCK) {
-                for w in ws {
-                    copies.insert(w.id(), Stacked::of(&[w], 1, false)?);
+        for (linears, gated) in groups {
+            let rows = linears[0].weight.dim(0)?;
+            let biases: Vec<&Tensor> = linears
+                .iter()
+                .flat_map(|l| &l.bias)
+                .map(|b| b.as_tensor())
+                .collect();
+            // Gate and up whose rows do not cut into whole blocks, and matrices of which only
+            // some have biases, get a copy each.
+            if (gated && !rows.is_multiple_of(swiglu::BLOCK))
+                || !(biases.is_empty() || biases.len() == linears.len())
+            {
+                for l in linears {
+                    copies.insert(l.weight.id(), Stacked::of(&[l], 1, false)?);
                 }
                 continue;
             }
             let blocks = if gated { rows / swiglu::BLOCK } else { 1 };
-            copies.insert(ws[0].id(), Stacked::of(&ws, blocks, gated)?);
+            copies.insert(
+                linears[0].weight.id(),
+                Stacked::of(&linears, blocks, gated)?,
+            );
         }
+        let head = model.lm_head_weight();
+        let head_copy = Stacked {
+            weight: matvec::stacked_bf16(&[head], 1)?,
+            bias: None,
+            parts: 1,
+            gated: false,
+        };
+        copies.insert(head.id(), head_copy);
         Ok(Some(Self(copies)))
     }
 
@@ -232,9 +267,17 @@ impl DecodeWeights {
 }
 
 impl Stacked {
-    fn of(ws: &[&Tensor], blocks: usize, gated: bool) -> candle_core::Result<Self> {
+    /// `linears` cut into `blocks` runs of rows each, taking turns; their biases, all or none,
+    /// stacked by whole matrices (gate and up have none).
+    fn of(linears: &[&Linear], blocks: usize, gated: bool) -> candle_core::Result<Self> {
+        let ws: Vec<&Tensor> = linears.iter().map(|l| l.weight.as_tensor()).collect();
+        let biases: Option<Vec<&Tensor>> = linears
+            .iter()
+            .map(|l| l.bias.as_ref().map(|b| b.as_tensor()))
+            .collect();
         Ok(Self {
-            weight: matvec::stacked_bf16(ws, blocks)?,
+            weight: matvec::stacked_bf16(&ws, blocks)?,
+            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
             parts: ws.len(),
             gated,
         })
@@ -719,6 +762,8 @@ impl Model {
         product(
             &last,
             self.lm_head_weight(),
+            None,
+            None,
             false,
             cache.weights.as_deref(),
         )?
@@ -772,15 +817,14 @@ impl Model {
         let heads = self.attention(block, &h, pass, cache)?;
         let x = block.o_proj.forward_onto(&heads, Some(x), pass)?;
         let h = ops::rms_norm(&x, &block.post_attention_layernorm, eps, pass.grad.on())?;
-        let down = match gated_product(block, &h, pass)? {
-            Some(gate) => block.down_proj.forward(&gate, pass)?,
+        match gated_product(block, &h, pass)? {
+            Some(gate) => block.down_proj.forward_onto(&gate, Some(&x), pass),
             None => {
                 let gate = block.gate_proj.forward(&h, pass)?;
                 let up = block.up_proj.forward(&h, pass)?;
-                block.down_proj.forward_gated(&gate, &up, pass)?
+                x + block.down_proj.forward_gated(&gate, &up, pass)?
             }
-        };
-        x + down
+        }
     }
 
     /// Self-attention's heads, merged: (b, t, heads x head_dim), before `o_proj`.
