@@ -267,14 +267,16 @@ impl DecodeWeights {
 }
 
 impl Stacked {
-    /// `linears` cut into `blocks` runs of rows each, taking turns; their biases, all or none,
-    /// stacked by whole matrices (gate and up have none).
+    /// `linears` cut into `blocks` runs of rows each, taking turns; where there are several,
+    /// their biases (all or none) stacked by whole matrices for [`stacked_product`] to add
+    /// (gate and up have none; a lone matrix's forward adds its own).
     fn of(linears: &[&Linear], blocks: usize, gated: bool) -> candle_core::Result<Self> {
         let ws: Vec<&Tensor> = linears.iter().map(|l| l.weight.as_tensor()).collect();
         let biases: Option<Vec<&Tensor>> = linears
             .iter()
             .map(|l| l.bias.as_ref().map(|b| b.as_tensor()))
-            .collect();
+            .collect::<Option<_>>()
+            .filter(|_| linears.len() > 1);
         Ok(Self {
             weight: matvec::stacked_bf16(&ws, blocks)?,
             bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
