@@ -48,14 +48,14 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let (v_storage, v_layout) = v.storage_and_layout();
     let mask_storage = mask.map(|m| m.storage_and_layout());
     let (Some(qs), Some(ks), Some(vs)) = (
-        f32s(&q_storage, q_layout),
+        super::f32s(&q_storage, q_layout),
         Heads::of(&k_storage, k_layout, d),
         Heads::of(&v_storage, v_layout, d),
     ) else {
         return Ok(None);
     };
     let masks = match &mask_storage {
-        Some((s, l)) => match f32s(s, l) {
+        Some((s, l)) => match super::f32s(s, l) {
             Some(m) => Some(m),
             None => return Ok(None),
         },
@@ -104,14 +104,6 @@ fn supported() -> bool {
     return std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// The f32 elements of a contiguous tensor.
-fn f32s<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(x)), Some((a, b))) => Some(&x[a..b]),
-        _ => None,
-    }
 }
 
 /// Keys or values (b, kv_heads, T, d) whose heads each hold T contiguous rows of d, at any

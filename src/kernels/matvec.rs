@@ -84,15 +84,8 @@ pub fn stacked_bf16(ws: &[&Tensor], blocks: usize) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
     if bf16_dot_supported() {
         let storages: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
-        let sources: Option<Vec<&[f32]>> = storages
-            .iter()
-            .map(
-                |(storage, layout)| match (&**storage, layout.contiguous_offsets()) {
-                    (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Some(&v[a..b]),
-                    _ => None,
-                },
-            )
-            .collect();
+        let sources: Option<Vec<&[f32]>> =
+            storages.iter().map(|(s, l)| super::f32s(s, l)).collect();
         if let Some(sources) = sources {
             let mut out = vec![half::bf16::ZERO; rows * k];
             // Each block of each matrix and where it goes, in the order they are stacked.
@@ -173,8 +166,8 @@ struct MatVec {
 
 /// The `len` f32 elements of a contiguous CPU tensor's storage.
 fn f32_elements<'a>(storage: &'a Storage, layout: &Layout, len: usize) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) if b - a == len => Ok(&v[a..b]),
+    match super::f32s(storage, layout) {
+        Some(v) if v.len() == len => Ok(v),
         _ => candle_core::bail!("azr-matvec: a bias or residual must be {len} f32 on the CPU"),
     }
 }

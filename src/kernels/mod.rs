@@ -89,6 +89,19 @@ pub(crate) fn for_each_range(units: usize, min: usize, f: impl Fn(Range<usize>) 
     (0..threads).into_par_iter().for_each(claim);
 }
 
+/// The f32 elements of a contiguous tensor on the CPU, or None for any other.
+pub(crate) fn f32s<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Option<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(x)), Some((a, b))) => {
+            Some(&x[a..b])
+        }
+        _ => None,
+    }
+}
+
 /// An output pointer shared by parallel tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);

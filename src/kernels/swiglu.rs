@@ -45,7 +45,7 @@ fn sigmoid<T: Float + Exps>(g: &[T], s: &mut [T]) {
 
 /// `out = silu(g) ⊙ u`, element by element (an element's bits do not depend on the slice's
 /// length or where it sits in it).
-pub(crate) fn gate_into<T: Float + Exps>(g: &[T], u: &[T], out: &mut [T]) {
+fn gate_into<T: Float + Exps>(g: &[T], u: &[T], out: &mut [T]) {
     sigmoid(g, out);
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
         *o = g * *o * u;
