@@ -34,14 +34,16 @@ pub fn rss_mb() -> f64 {
     kib_of("VmRSS:") as f64 / 1024.0
 }
 
-/// Starts a phase whose peak [`phase_peak_mb`] reads (and the sampler, on first use), after
-/// handing the allocator's free pages back to the kernel: what one phase frees (generation's
-/// caches, the update's activations) otherwise stays resident in malloc's arenas, and the next
-/// phase's allocations land beside it. A default self-play step had 3.0 GB free in glibc's
-/// arenas at the update's start; trimming took its resident set from 7.4 to 5.8 GB.
+/// Starts a phase whose peak [`phase_peak_mb`] reads (and the sampler, on first use).
+///
+/// Nothing is handed back to the kernel between phases. Trimming malloc's free pages here
+/// (`malloc_trim`) lowered the resident set at a phase's start, but not a step's peak, and
+/// each phase then faulted its memory in and zeroed it anew: 3 default steps took 7.6 M page
+/// faults and 114 s of system time with it, 3.9 M and 78 s without, and ran 11% faster
+/// (BENCHMARKS.md, "Self-play: one default step", eighteenth session). So a phase's peak
+/// includes memory an earlier phase freed and malloc keeps for the next.
 pub fn start_phase() {
     static SAMPLER: Once = Once::new();
-    release_free();
     PHASE_PEAK.store(kib_of("VmRSS:"), Ordering::Relaxed);
     SAMPLER.call_once(|| {
         let spawned = std::thread::Builder::new()
@@ -53,15 +55,6 @@ pub fn start_phase() {
         // Without the thread a phase's peak is its resident set at the start and the end.
         drop(spawned);
     });
-}
-
-/// Returns the free memory of malloc's arenas to the kernel (glibc; elsewhere nothing).
-fn release_free() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Peak resident set size since the last [`start_phase`], in MiB.
@@ -101,24 +94,6 @@ mod tests {
         assert!(
             after < held - 128.0,
             "a new phase's peak {after} MiB still holds the freed 256 MiB ({held})"
-        );
-    }
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[test]
-    fn starting_a_phase_returns_freed_heap_pages() {
-        // 64 KiB blocks stay under malloc's mmap threshold; freeing every other one leaves
-        // 128 MiB of holes between live blocks, which free() alone does not return.
-        let mut blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 64 << 10]).collect();
-        let kept: Vec<Vec<u8>> = blocks.drain(..).step_by(2).collect();
-        std::hint::black_box(&kept);
-        let freed = rss_mb();
-        start_phase();
-        let trimmed = rss_mb();
-        drop(kept);
-        assert!(
-            freed - trimmed > 64.0,
-            "resident {freed:.0} MiB before the phase, {trimmed:.0} MiB after"
         );
     }
 }

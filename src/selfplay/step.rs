@@ -72,7 +72,8 @@ pub struct StepMetrics {
     pub induction: TypeMetrics,
     pub update: UpdateMetrics,
     /// Peak resident memory (MiB) from the step's start to its update (generation, the
-    /// sandbox), and during the update (sampled: `memory.rs`): which one sets the process's.
+    /// sandbox), and during the update (sampled: `memory.rs`). What a phase frees stays with
+    /// malloc for the next, so once a step has run both include the heap it keeps.
     pub rollout_peak_rss_mb: f64,
     pub update_peak_rss_mb: f64,
     /// CRUXEval accuracy, on the steps that measure it (`run.validate_every`).
