@@ -1,17 +1,23 @@
 // Memory read bandwidth of this machine: the floor under a decode step, which reads every
 // weight once. Sums a 1 GiB f32 array with AVX-512 loads on OpenMP threads, four times.
+// With HUGE_PAGES=1 the array asks for transparent 2 MB pages (madvise) before it is touched:
+// where the kernel's THP mode is "madvise", the difference is what page walks cost.
 //
 //   gcc -O2 -mavx512f -fopenmp benches/read_bandwidth.c -o /tmp/read_bandwidth
 //   OMP_NUM_THREADS=2 /tmp/read_bandwidth; OMP_NUM_THREADS=1 /tmp/read_bandwidth
+//   HUGE_PAGES=1 OMP_NUM_THREADS=2 /tmp/read_bandwidth
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 int main(void) {
     size_t n = (size_t)1 << 28;
-    float *a = aligned_alloc(64, n * sizeof(float));
+    float *a = aligned_alloc(1 << 21, n * sizeof(float));
+    if (getenv("HUGE_PAGES") && madvise(a, n * sizeof(float), MADV_HUGEPAGE) != 0)
+        perror("madvise");
     memset(a, 0, n * sizeof(float));
     for (int rep = 0; rep < 4; rep++) {
         struct timespec t0, t1;
