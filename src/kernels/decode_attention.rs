@@ -270,8 +270,8 @@ mod avx512 {
     }
 
     /// Each query row's scores (rows, total) replaced by softmax(scores + mask), with the
-    /// bits of [`crate::kernels::masked_softmax::softmax`] row by row; the rows' sequential sums (a chain of
-    /// dependent adds each, most of that function's time) run side by side.
+    /// bits of [`crate::kernels::masked_softmax::softmax`] row by row; the rows' sequential
+    /// sums (a chain of dependent adds each, most of that function's time) run side by side.
     #[target_feature(enable = "avx512f")]
     unsafe fn softmax_rows(scores: &mut [f32], job: &Job) {
         let (rows, total) = (job.rows, job.total);
