@@ -517,6 +517,7 @@ mod tiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bits;
     use candle_core::{DType, Device, Tensor};
 
     fn bf16(t: &Tensor) -> Vec<half::bf16> {
@@ -608,7 +609,6 @@ mod tests {
             let mut want = product(&x, m, &w, n, k, Plus::default());
             plus.add_to(&mut want, n);
             let got = product(&x, m, &w, n, k, plus);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "m={m}");
         }
     }
@@ -629,7 +629,6 @@ mod tests {
                     n,
                 );
                 let got = gated_product(&x, m, &w, n, k);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "m={m} n={n} k={k}");
             }
         }

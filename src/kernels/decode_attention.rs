@@ -381,6 +381,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tensor_bits;
     use candle_core::{DType, Device, D};
 
     /// softmax(q kᵀ + mask) v by candle's ops.
@@ -459,18 +460,9 @@ mod tests {
             let alone = attend(&q.narrow(0, 1, 1).unwrap(), &own(&k), &own(&v), None)
                 .unwrap()
                 .unwrap();
-            let bits = |x: &Tensor| -> Vec<u32> {
-                x.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|f| f.to_bits())
-                    .collect()
-            };
             assert_eq!(
-                bits(&batch.narrow(0, 1, 1).unwrap()),
-                bits(&alone),
+                tensor_bits(&batch.narrow(0, 1, 1).unwrap()),
+                tensor_bits(&alone),
                 "rows {rows}, {total} keys"
             );
         }

@@ -601,6 +601,7 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::kernels::max_abs_diff as max_diff;
+    use crate::kernels::tensor_bits;
 
     fn reference(x: &Tensor, w: &Tensor) -> Tensor {
         x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
@@ -776,19 +777,15 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (48, 96), &dev).unwrap();
         let bias = Tensor::randn(0f32, 1., 48, &dev).unwrap();
         let residual = Tensor::randn(0f32, 1., (5, 48), &dev).unwrap();
-        let bits = |t: Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.iter().map(|x| x.to_bits()).collect()
-        };
         for w in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
             let y = matmul_nt(&x, &w, None, None).unwrap();
             let want = (&residual + y.broadcast_add(&bias).unwrap()).unwrap();
             let got = matmul_nt(&x, &w, Some(&bias), Some(&residual)).unwrap();
-            assert_eq!(bits(got), bits(want), "{:?}", w.dtype());
+            assert_eq!(tensor_bits(&got), tensor_bits(&want), "{:?}", w.dtype());
             let want = y.broadcast_add(&bias).unwrap();
             assert_eq!(
-                bits(matmul_nt(&x, &w, Some(&bias), None).unwrap()),
-                bits(want)
+                tensor_bits(&matmul_nt(&x, &w, Some(&bias), None).unwrap()),
+                tensor_bits(&want)
             );
         }
         let short = bias.narrow(0, 0, 40).unwrap();

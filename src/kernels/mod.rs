@@ -159,6 +159,18 @@ impl Columns<'_> {
     }
 }
 
+/// The bit patterns of f32 values, for tests that want results equal to the bit (tests).
+#[cfg(test)]
+pub(crate) fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
+/// [`bits`] of an f32 tensor's elements (tests).
+#[cfg(test)]
+pub(crate) fn tensor_bits(t: &candle_core::Tensor) -> Vec<u32> {
+    bits(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+}
+
 /// Largest absolute elementwise difference of two tensors of one shape, in f32 (tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {

@@ -225,6 +225,7 @@ impl CustomOp3 for SwiGluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::{bits, tensor_bits};
     use candle_core::Device;
 
     #[test]
@@ -240,12 +241,8 @@ mod tests {
             Tensor::cat(&parts, 1).unwrap()
         };
         let want = swiglu(&part(0), &part(1), false).unwrap();
-        let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
         let got = gate_blocks(&y.flatten_all().unwrap().to_vec1().unwrap(), 2 * n);
-        assert_eq!(
-            bits(got),
-            bits(want.flatten_all().unwrap().to_vec1().unwrap())
-        );
+        assert_eq!(bits(&got), tensor_bits(&want));
     }
 
     /// Values and both gradients match candle's composed silu(g) * u, in f64 and f32.
