@@ -228,15 +228,11 @@ impl DecodeWeights {
         let groups = model.blocks.iter().flat_map(|b| b.inputs_shared());
         for (linears, gated) in groups {
             let rows = linears[0].weight.dim(0)?;
-            let biases: Vec<&Tensor> = linears
-                .iter()
-                .flat_map(|l| &l.bias)
-                .map(|b| b.as_tensor())
-                .collect();
+            let biases = linears.iter().filter(|l| l.bias.is_some()).count();
             // Gate and up whose rows do not cut into whole blocks, and matrices of which only
             // some have biases, get a copy each.
             if (gated && !rows.is_multiple_of(swiglu::BLOCK))
-                || !(biases.is_empty() || biases.len() == linears.len())
+                || !(biases == 0 || biases == linears.len())
             {
                 for l in linears {
                     copies.insert(l.weight.id(), Stacked::of(&[l], 1, false)?);
